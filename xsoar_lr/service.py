@@ -1,0 +1,284 @@
+"""
+The C{twistd xsoar-lr} service: the instances, each in its own supervised
+process, the gateway in front of the routed ones, and the feed pulls.
+
+twistd finds this module through the lazy C{ServiceMaker} in
+C{twisted/plugins/xsoar_lr_plugins.py}, which imports it only when the
+command runs, after twistd has installed the reactor of the user's choice.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Any
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.endpoints import serverFromString, wrapServerTLS
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from xsoar_lr.config import (
+    EMBEDDED,
+    Config,
+    ConfigError,
+    InstanceConfig,
+    load_config,
+    route_for,
+    split_description,
+)
+from xsoar_lr.gateway import RouteTable, build_routes, make_agent, make_gateway_site
+from xsoar_lr.status import write_status
+from xsoar_lr.supervisor import InstanceSupervisor, ProcessSpec
+from xsoar_lr.tls import PemPair, ensure_self_signed, load_pem_pair, server_options
+
+__all__ = ["GatewayService", "HostService", "Options", "makeService"]
+
+
+class Options(usage.Options):
+    """
+    Options of C{twistd xsoar-lr}.
+    """
+
+    synopsis = "[--config FILE]"
+    longdesc = (
+        "Run every instance of the configuration in its own process and serve "
+        "the routed ones through the TLS gateway at /instance/execute/<name>. "
+        "Without --config, the embedded default configuration runs: an EDL "
+        "instance on port 7000 behind the gateway on https://localhost:8443."
+    )
+    optParameters = [
+        [
+            "config",
+            "c",
+            None,
+            "The YAML configuration file (default: the embedded configuration).",
+        ],
+    ]
+
+
+def makeService(options: Options) -> IService:
+    """
+    Build the host from the configuration the options name; a configuration
+    with problems is reported on standard error and twistd exits with 1.
+    """
+    from twisted.internet import reactor
+
+    try:
+        config = load_config(options["config"])
+    except ConfigError as e:
+        sys.stderr.write(e.report() + "\n")
+        raise SystemExit(1) from None
+    return HostService(config, reactor)
+
+
+def instance_payload(config: Config, instance: InstanceConfig) -> dict[str, Any]:
+    """
+    What the child process of C{instance} is told about itself.
+    """
+    return {
+        "name": instance.name,
+        "integration": instance.integration,
+        "port": instance.port,
+        "interface": instance.interface,
+        "certificate": None if instance.certificate is None else str(instance.certificate),
+        "private_key": None if instance.private_key is None else str(instance.private_key),
+        "params": dict(instance.params),
+        "state_dir": str(config.instance_state_dir(instance.name)),
+        "store_path": str(config.store_path),
+        "route": route_for(instance.name) if config.is_routed(instance.name) else None,
+    }
+
+
+def public_host(listen: str) -> str:
+    """
+    The host name to show in the routed URLs.
+    """
+    _, _, keywords = split_description(listen)
+    interface = keywords.get("interface", "")
+    if interface in ("127.0.0.1", "::1", "localhost"):
+        return "localhost"
+    if interface and interface not in ("0.0.0.0", "::"):
+        return f"[{interface}]" if ":" in interface else interface
+    return socket.getfqdn() or "localhost"
+
+
+class GatewayService(Service):
+    """
+    The gateway's TLS site, listening from C{privilegedStartService} on so
+    that a low port is bound before twistd sheds privileges.
+
+    :ivar table: the routes being served.
+    :ivar listening_port: the port, once listening.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, config: Config, reactor: Any, supervisor: InstanceSupervisor
+    ) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.supervisor = supervisor
+        self.agent = make_agent(reactor, config.gateway.connect_timeout)
+        self.table = RouteTable()
+        self.listening_port: Any = None
+        self.set_routes(config)
+
+    def set_routes(self, config: Config) -> None:
+        """
+        Serve the routes of C{config} from the next request on.
+        """
+        self.table.routes = build_routes(
+            {i.name: (i.interface, i.port) for i in config.routed_instances},
+            self.agent,
+            self.reactor,
+            state=self.supervisor.state,
+            retry_after=self.supervisor.retry_after,
+            response_timeout=config.gateway.response_timeout,
+        )
+
+    def tls_pair(self) -> PemPair:
+        """
+        The configured certificate, or the self-signed one in the state
+        folder (made on first start).
+        """
+        gateway = self.config.gateway
+        if gateway.certificate is not None and gateway.private_key is not None:
+            return load_pem_pair(gateway.certificate, gateway.private_key)
+        pair, made = ensure_self_signed(self.config.state_dir / "tls")
+        self.log.info(
+            "{what} self-signed gateway certificate {path}",
+            what="Made the" if made else "Using the",
+            path=str(pair.certificate_path),
+        )
+        return pair
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        pair = self.tls_pair()
+        self.log.info(
+            "Gateway certificate SHA-256 fingerprint: {fingerprint}",
+            fingerprint=pair.fingerprint,
+        )
+        description = self.config.gateway.listen
+        if description.startswith("ssl:"):
+            description = "tcp:" + description[len("ssl:") :]
+        endpoint = wrapServerTLS(
+            server_options(pair),  # type: ignore[arg-type]
+            serverFromString(self.reactor, description),
+        )
+        results: list[Any] = []
+        endpoint.listen(make_gateway_site(self.table)).addBoth(results.append)
+        if results and isinstance(results[0], Failure):
+            # Listening on a stream port fails at once; let twistd report it
+            # and exit rather than run a host without its gateway.
+            results[0].raiseException()
+        self.listening_port = results[0] if results else None
+        self.log_routes()
+
+    def log_routes(self) -> None:
+        port = self.port
+        host = public_host(self.config.gateway.listen)
+        base = f"https://{host}" + ("" if port in (None, 443) else f":{port}")
+        routed = self.config.routed_instances
+        self.log.info(
+            "Gateway listening on {listen}; {count} routed instance(s)",
+            listen=self.config.gateway.listen,
+            count=len(routed),
+        )
+        for instance in routed:
+            self.log.info(
+                "Route: {url} -> instance {instance} on port {port}",
+                url=base + route_for(instance.name),
+                instance=instance.name,
+                port=instance.port,
+            )
+        if routed:
+            self.log.info(
+                "Try it: curl -k {url}", url=base + route_for(routed[0].name)
+            )
+
+    @property
+    def port(self) -> int | None:
+        """
+        The TCP port the gateway listens on, once it listens.
+        """
+        if self.listening_port is None:
+            return None
+        port: int | None = getattr(self.listening_port.getHost(), "port", None)
+        return port
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        self.agent._pool.closeCachedConnections()  # type: ignore[attr-defined]
+        if self.listening_port is None:
+            return None
+        port, self.listening_port = self.listening_port, None
+        return maybeDeferred(port.stopListening)
+
+
+class HostService(MultiService):
+    """
+    The whole host: supervisor, feeds and gateway. Stopping it stops the
+    gateway first, then the feeds, then every instance.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.supervisor = InstanceSupervisor(reactor, on_change=self.write_status)
+        for instance in config.instances:
+            self.supervisor.add(
+                ProcessSpec(
+                    name=instance.name,
+                    integration=instance.integration,
+                    port=instance.port,
+                    payload=instance_payload(config, instance),
+                )
+            )
+        self.supervisor.setServiceParent(self)
+        if config.feeds:
+            from xsoar_lr.feeds import FeedService
+
+            feeds = FeedService(config.feeds, config.store_path, reactor)
+            feeds.setServiceParent(self)
+        self.gateway = GatewayService(config, reactor, self.supervisor)
+        self.gateway.setServiceParent(self)
+
+    def privilegedStartService(self) -> None:
+        config = self.config
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.log.info(
+            "xsoar-lr starting from {source} with state in {state_dir}",
+            source=config.source if config.source != EMBEDDED else "the embedded default configuration",
+            state_dir=str(config.state_dir),
+        )
+        for warning in config.warnings:
+            self.log.warn("Configuration: {warning}", warning=warning)
+        super().privilegedStartService()
+
+    def write_status(self) -> None:
+        """
+        Record every instance's state in the state folder.
+        """
+        records = self.supervisor.snapshot()
+        for record in records:
+            routed = self.config.is_routed(record["name"])
+            record["routed"] = routed
+            record["route"] = route_for(record["name"]) if routed else None
+        try:
+            write_status(self.config.state_dir, records)
+        except OSError as e:
+            self.log.error(
+                "Cannot write the status file in {state_dir}: {error}",
+                state_dir=str(self.config.state_dir),
+                error=os.strerror(e.errno or 0),
+            )
+
