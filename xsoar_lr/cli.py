@@ -21,6 +21,8 @@ __all__ = ["main"]
 COMMAND_MODULES = (
     "xsoar_lr.commands.config",
     "xsoar_lr.commands.indicators",
+    "xsoar_lr.commands.instances",
+    "xsoar_lr.commands.teams",
 )
 
 

@@ -681,6 +681,14 @@ class _Checker:
             return dict(raw)
         try:
             return integration.validate(raw)
+        except ImportError as e:
+            self.problem(
+                _line(entry, "integration"),
+                f"{where}: integration {integration_id!r} is installed but its "
+                f"code cannot be loaded ({e}); reinstall the package that "
+                "provides it.",
+            )
+            return dict(raw)
         except ParameterError as e:
             for p in e.problems:
                 self.problem(
@@ -803,7 +811,8 @@ def parse_config(
             )
     feeds = checker.feeds(raw.get("feeds"))
     if checker.problems:
-        raise ConfigError(checker.problems)
+        # Reported in file order, so the report reads along with the file.
+        raise ConfigError(sorted(checker.problems, key=lambda p: p.line or 0))
     return Config(
         source=source,
         state_dir=state_dir if state_dir is not None else default_state_dir(),

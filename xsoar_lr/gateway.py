@@ -278,7 +278,9 @@ class InstanceProxyResource(ReverseProxyResource):  # type: ignore[misc]
         d = self.agent.request(
             request.method, url, self.upstream_headers(request), body
         )
-        d.addTimeout(self.response_timeout, self.reactor)
+        d.addTimeout(
+            self.response_timeout, self.reactor, onTimeoutCancel=_timed_out
+        )
         relaying: list[_BodyRelay] = []
 
         def client_gone(failure: Failure) -> None:
@@ -350,6 +352,12 @@ class InstanceProxyResource(ReverseProxyResource):  # type: ignore[misc]
         )
         request.write(plain_text(request, code, text))
         request.finish()
+
+
+def _timed_out(result: object, timeout: float) -> Failure:
+    # Cancelling the Agent's request fails it with ResponseNeverReceived;
+    # what the client must learn is that the instance was too slow.
+    return Failure(TimeoutError(f"no response headers within {timeout} seconds"))
 
 
 def incoming_has_body(request: Request) -> bool:

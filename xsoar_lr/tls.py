@@ -183,15 +183,13 @@ def server_options(pair: PemPair) -> object:
     Twisted TLS server options for C{pair}: TLS 1.2 or later, the whole chain
     served, Twisted's modern cipher list.
     """
-    from OpenSSL import crypto
     from twisted.internet.ssl import CertificateOptions, TLSVersion
 
-    def to_openssl(certificate: x509.Certificate) -> crypto.X509:
-        return crypto.X509.from_cryptography(certificate)
-
+    # pyOpenSSL takes cryptography's objects directly (its own wrappers are
+    # deprecated).
     return CertificateOptions(
-        privateKey=crypto.PKey.from_cryptography_key(pair.key),  # type: ignore[arg-type]
-        certificate=to_openssl(pair.chain[0]),
-        extraCertChain=[to_openssl(c) for c in pair.chain[1:]],
+        privateKey=pair.key,  # type: ignore[arg-type]
+        certificate=pair.chain[0],  # type: ignore[arg-type]
+        extraCertChain=list(pair.chain[1:]),  # type: ignore[arg-type]
         raiseMinimumTo=TLSVersion.TLSv1_2,
     )

@@ -1,0 +1,260 @@
+"""
+End-to-end tests of the host: real child processes for the instances, the
+gateway on real TLS, and C{twistd xsoar-lr} itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from textwrap import dedent
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.logger import globalLogPublisher
+
+from gateway_support import free_port, tls_client, wait_until
+from host_support import StartHost, start_host  # noqa: F401 (fixture)
+from xsoar_lr.status import read_status
+from xsoar_lr.supervisor import InstanceState
+
+
+def four_instances() -> str:
+    ports = [free_port() for _ in range(4)]
+    return f"""
+    server_params:
+      instance.execute.external: true
+      instance.execute.external.hidden: false
+      instance.execute.external.Chosen: "TRUE"
+    instances:
+      - {{name: echo, integration: echo, port: {ports[0]}}}
+      - {{name: My EDL, integration: echo, port: {ports[1]}}}
+      - {{name: hidden, integration: echo, port: {ports[2]}}}
+      - {{name: Chosen, integration: echo, port: {ports[3]}}}
+    """
+
+
+@pytest_twisted.ensureDeferred
+async def test_routed_instances_answer_through_the_gateway(
+    start_host: StartHost,
+) -> None:
+    host = await start_host(four_instances())
+
+    code, body, _ = await host.get("/instance/execute/echo?n=5")
+    assert code == 200
+    assert json.loads(body)["uri"] == "/?n=5"
+
+    code, body, _ = await host.get(
+        "/instance/execute/My%20EDL/deep/path", method="POST", data=b"payload"
+    )
+    described = json.loads(body)
+    assert (described["instance"], described["uri"], described["body"]) == (
+        "My EDL",
+        "/deep/path",
+        "payload",
+    )
+
+    code, body, _ = await host.get("/instance/execute/Chosen")
+    assert code == 200
+
+    code, body, _ = await host.get("/instance/execute/hidden")
+    assert (code, body) == (404, "No instance is routed at this path.\n")
+    code, _, _ = await host.get("/instance/execute/chosen")
+    assert code == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_instance_runs_in_its_own_process_and_reports_status(
+    start_host: StartHost,
+) -> None:
+    host = await start_host(four_instances())
+    pids = {host.supervisor.pid(n) for n in ("echo", "My EDL", "hidden", "Chosen")}
+    assert len(pids) == 4 and os.getpid() not in pids
+
+    status = {s["name"]: s for s in read_status(host.service.config.state_dir)}
+    assert status["echo"]["state"] == "running"
+    assert status["echo"]["routed"] is True
+    assert status["hidden"]["routed"] is False
+    assert status["My EDL"]["route"] == "/instance/execute/My%20EDL"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_crashed_instance_is_restarted_while_the_others_keep_serving(
+    start_host: StartHost,
+) -> None:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        host = await start_host(four_instances())
+        old_pid = host.supervisor.pid("echo")
+        assert old_pid is not None
+        os.kill(old_pid, signal.SIGKILL)
+
+        await wait_until(
+            lambda: host.state("echo") is not InstanceState.RUNNING,
+            what="the crash to be noticed",
+        )
+        code, _, response = await host.get("/instance/execute/echo")
+        assert code in (502, 503)
+        if code == 503:
+            assert int(response.headers.getRawHeaders("retry-after")[0]) >= 1
+        code, _, _ = await host.get("/instance/execute/My%20EDL")
+        assert code == 200
+
+        await wait_until(lambda: host.state("echo") is InstanceState.RUNNING)
+        assert host.supervisor.pid("echo") not in (None, old_pid)
+        code, _, _ = await host.get("/instance/execute/echo")
+        assert code == 200
+        status = {s["name"]: s for s in host.supervisor.snapshot()}
+        assert status["echo"]["restarts"] == 1
+        assert status["echo"]["last_exit"] == "signal SIGKILL"
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    messages = [e.get("why") for e in events if e.get("instance") == "echo"]
+    assert "it exited with signal SIGKILL" in messages
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_instance_whose_port_is_taken_is_a_503_and_says_why(
+    start_host: StartHost,
+) -> None:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        ok = free_port()
+        host = await start_host(
+            f"""
+            server_params: {{instance.execute.external: true}}
+            instances:
+              - {{name: busy, integration: echo, port: {port}}}
+              - {{name: fine, integration: echo, port: {ok}}}
+            """,
+            wait_for=("fine",),
+        )
+        await wait_until(
+            lambda: host.state("busy") is InstanceState.RESTARTING,
+            what="the instance to give up listening",
+        )
+        code, body, response = await host.get("/instance/execute/busy")
+        assert code == 503
+        assert response.headers.getRawHeaders("retry-after")
+        assert body == "The instance is restarting; try again shortly.\n"
+    finally:
+        taken.close()
+        globalLogPublisher.removeObserver(events.append)
+    lines = [e.get("line", "") for e in events if e.get("instance") == "busy"]
+    assert any(
+        f"Instance busy cannot listen on 127.0.0.1:{port}" in line for line in lines
+    ), lines
+    assert any(
+        e.get("why") == "it exited with exit code 3"
+        for e in events
+        if e.get("instance") == "busy"
+    )
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_the_host_stops_every_instance(start_host: StartHost) -> None:
+    host = await start_host(four_instances())
+    pids = [host.supervisor.pid(n) for n in ("echo", "My EDL")]
+    await host.service.stopService()
+    for pid in pids:
+        assert pid is not None
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert {s["state"] for s in read_status(host.service.config.state_dir)} == {
+        "stopped"
+    }
+
+
+def twistd(*args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "twisted", *args]
+        if args and args[0] == "--twist"
+        else [os.path.join(os.path.dirname(sys.executable), "twistd"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
+
+
+def test_twistd_reports_every_configuration_problem_and_starts_nothing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        dedent(
+            """
+            server_params:
+              instance.execute.external: maybe
+            instances:
+              - {name: a, integration: echo, port: 0}
+            """
+        )
+    )
+    process = twistd("-n", "--pidfile=", "xsoar-lr", "--config", str(path))
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 1
+    report = err.decode()
+    assert "The configuration has 2 problems:" in report
+    assert f"{path}:3: server_params: 'instance.execute.external' must be true" in report
+    assert f"{path}:5: instance 'a': 'port' must be a whole number" in report
+    assert not (tmp_path / "state").exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_runs_the_host_and_stops_it_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    gateway_port = free_port()
+    path = tmp_path / "xsoar-lr.yaml"
+    path.write_text(
+        dedent(
+            f"""
+            state_dir: state
+            gateway: {{listen: "ssl:{gateway_port}:interface=127.0.0.1"}}
+            server_params: {{instance.execute.external: true}}
+            instances:
+              - {{name: echo, integration: echo, port: {port}}}
+            """
+        )
+    )
+    process = twistd("-n", "--pidfile=", "xsoar-lr", "--config", str(path))
+    state_dir = tmp_path / "state"
+    try:
+        await wait_until(
+            lambda: process.poll() is not None
+            or any(s["state"] == "running" for s in read_status(state_dir)),
+            what="twistd to start the instance",
+        )
+        assert process.poll() is None, process.communicate()
+        client = tls_client(state_dir / "tls" / "gateway.pem")
+        response = await client.get(
+            f"https://127.0.0.1:{gateway_port}/instance/execute/echo"
+        )
+        assert response.code == 200
+        child = read_status(state_dir)[0]["pid"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    # twistd shuts down cleanly, then ends itself with the signal it got, so
+    # that its parent (systemd, a shell) sees how it was stopped.
+    assert process.returncode == -signal.SIGTERM, err
+    log = out.decode()
+    assert "Server Shut Down." in log
+    assert "Gateway certificate SHA-256 fingerprint:" in log
+    assert (
+        f"Try it: curl -k https://localhost:{gateway_port}/instance/execute/echo" in log
+    )
+    assert "Instance echo stopped (exit code 0)" in log
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
