@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 import attrs
+import netaddr
 import yaml
 
 from xsoar_lr.api import IIntegration, ParameterError
@@ -29,6 +30,7 @@ __all__ = [
     "GatewayConfig",
     "InstanceConfig",
     "Problem",
+    "RouteConfig",
     "default_state_dir",
     "is_routed",
     "load_config",
@@ -86,6 +88,43 @@ class ConfigError(Exception):
 DEFAULT_LISTEN = "ssl:8443"
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_RESPONSE_TIMEOUT = 120.0
+DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
+DEFAULT_MAX_CONCURRENT_REQUESTS = 100
+DEFAULT_IDLE_TIMEOUT = 60.0
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_MAX_HEADER_BYTES = 16384
+DEFAULT_MAX_HEADERS = 100
+DEFAULT_AUTH_FAILURE_LIMIT = 10
+DEFAULT_AUTH_FAILURE_WINDOW = 60.0
+DEFAULT_AUTH_FAILURE_BLOCK = 300.0
+
+
+@attrs.frozen
+class RouteConfig:
+    """
+    How the gateway treats the requests of one route: limits, timeouts and
+    access control. An instance's C{route:} mapping overrides the defaults
+    given in the C{gateway:} section.
+
+    :ivar connect_timeout: seconds to wait for a connection to the instance.
+    :ivar response_timeout: seconds to wait for the instance's response
+        headers once the request body is sent, before answering C{504}.
+    :ivar max_body_size: the largest request body in bytes; larger ones get
+        C{413} before the body is read.
+    :ivar max_concurrent_requests: how many requests may be in progress at
+        once; more get C{503}.
+    :ivar allow: the client networks that may use the route, or C{None} for
+        every client.
+    :ivar require_client_certificate: whether a client must present a
+        certificate signed by the gateway's C{client_ca}.
+    """
+
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    response_timeout: float = DEFAULT_RESPONSE_TIMEOUT
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
+    allow: tuple[netaddr.IPNetwork, ...] | None = None
+    require_client_certificate: bool = False
 
 
 @attrs.frozen
@@ -103,6 +142,27 @@ class GatewayConfig:
     :ivar connect_timeout: seconds to wait for a connection to an instance.
     :ivar response_timeout: seconds to wait for an instance's response
         headers before answering C{504}.
+    :ivar route: the defaults of every instance's route settings (the
+        C{gateway:} keys C{connect_timeout}, C{response_timeout},
+        C{max_body_size}, C{max_concurrent_requests}, C{allow} and
+        C{require_client_certificate}).
+    :ivar trusted_proxies: the front proxies whose C{X-Forwarded-For} the
+        gateway extends instead of replacing.
+    :ivar idle_timeout: seconds a client connection may stay silent.
+    :ivar header_timeout: seconds a client has to send a request's complete
+        headers (against slowloris).
+    :ivar max_header_bytes: the largest request line plus headers, in bytes.
+    :ivar max_headers: the most header lines in one request.
+    :ivar hsts: the C{Strict-Transport-Security} max-age in seconds, or 0 to
+        send none.
+    :ivar client_ca: a PEM file of the certificate authorities that sign
+        client certificates, for routes that require one.
+    :ivar auth_failure_limit: how many C{401} answers one client address may
+        get from one instance within C{auth_failure_window} seconds before
+        it is answered C{429} for C{auth_failure_block} seconds; 0 turns
+        throttling off.
+    :ivar auth_failure_window: see C{auth_failure_limit}.
+    :ivar auth_failure_block: see C{auth_failure_limit}.
     """
 
     listen: str = DEFAULT_LISTEN
@@ -110,6 +170,23 @@ class GatewayConfig:
     private_key: Path | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     response_timeout: float = DEFAULT_RESPONSE_TIMEOUT
+    route: RouteConfig = attrs.Factory(
+        lambda self: RouteConfig(
+            connect_timeout=self.connect_timeout,
+            response_timeout=self.response_timeout,
+        ),
+        takes_self=True,
+    )
+    trusted_proxies: tuple[netaddr.IPNetwork, ...] = ()
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_headers: int = DEFAULT_MAX_HEADERS
+    hsts: int = 0
+    client_ca: Path | None = None
+    auth_failure_limit: int = DEFAULT_AUTH_FAILURE_LIMIT
+    auth_failure_window: float = DEFAULT_AUTH_FAILURE_WINDOW
+    auth_failure_block: float = DEFAULT_AUTH_FAILURE_BLOCK
 
     @property
     def port(self) -> int | None:
@@ -133,6 +210,8 @@ class InstanceConfig:
         itself (only when it is not routed).
     :ivar private_key: the key for C{certificate}.
     :ivar params: the integration's parameters, validated, defaults filled in.
+    :ivar route: how the gateway treats requests to this instance: its
+        C{route:} mapping over the gateway's defaults.
     """
 
     name: str
@@ -142,6 +221,7 @@ class InstanceConfig:
     certificate: Path | None = None
     private_key: Path | None = None
     params: Mapping[str, Any] = attrs.field(factory=dict)
+    route: RouteConfig = attrs.field(factory=RouteConfig)
 
 
 @attrs.frozen
@@ -355,12 +435,29 @@ def _line(mapping: Any, key: Any = None) -> int | None:
 # Checking.
 
 _TOP_KEYS = ("state_dir", "gateway", "server_params", "instances", "feeds")
+_ROUTE_KEYS = (
+    "connect_timeout",
+    "response_timeout",
+    "max_body_size",
+    "max_concurrent_requests",
+    "allow",
+    "require_client_certificate",
+)
 _GATEWAY_KEYS = (
     "listen",
     "certificate",
     "private_key",
-    "connect_timeout",
-    "response_timeout",
+    *_ROUTE_KEYS,
+    "trusted_proxies",
+    "idle_timeout",
+    "header_timeout",
+    "max_header_bytes",
+    "max_headers",
+    "hsts",
+    "client_ca",
+    "auth_failure_limit",
+    "auth_failure_window",
+    "auth_failure_block",
 )
 _INSTANCE_KEYS = (
     "name",
@@ -370,6 +467,7 @@ _INSTANCE_KEYS = (
     "certificate",
     "private_key",
     "params",
+    "route",
 )
 _LISTEN_KINDS = ("ssl", "tcp", "tcp6", "systemd", "unix")
 _SSL_OPTIONS_OF_OURS = ("privateKey", "certKey", "extraCertChain", "sslmethod")
@@ -387,6 +485,8 @@ class _Checker:
     problems: list[Problem] = attrs.Factory(list)
     warnings: list[str] = attrs.Factory(list)
     certificate_lines: dict[str, int | None] = attrs.Factory(dict)
+    route_defaults: RouteConfig = attrs.Factory(RouteConfig)
+    has_client_ca: bool = False
 
     def problem(self, line: int | None, message: str) -> None:
         self.problems.append(Problem(self.source, line, message))
@@ -433,6 +533,112 @@ class _Checker:
             )
             return default
         return float(value)
+
+    def whole(
+        self,
+        mapping: Mapping[str, Any],
+        key: str,
+        where: str,
+        default: int,
+        minimum: int,
+        what: str,
+    ) -> int:
+        value = mapping.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.problem(
+                _line(mapping, key),
+                f"{where}: {key!r} must be a whole number of {what} from "
+                f"{minimum} up, not {value!r}.",
+            )
+            return default
+        return value
+
+    def flag(
+        self, mapping: Mapping[str, Any], key: str, where: str, default: bool
+    ) -> bool:
+        value = mapping.get(key, default)
+        if not isinstance(value, bool):
+            self.problem(
+                _line(mapping, key),
+                f"{where}: {key!r} must be true or false, not {value!r}.",
+            )
+            return default
+        return value
+
+    def networks(
+        self, mapping: Mapping[str, Any], key: str, where: str
+    ) -> tuple[netaddr.IPNetwork, ...] | None:
+        """
+        A list of IP addresses and CIDR networks, such as C{[10.0.0.0/8,
+        192.0.2.7]}, or C{None} when the key is absent.
+        """
+        if key not in mapping or mapping[key] is None:
+            return None
+        raw = mapping[key]
+        line = _line(mapping, key)
+        if isinstance(raw, str):
+            raw = [raw]
+        if not isinstance(raw, list):
+            self.problem(
+                line,
+                f"{where}: {key!r} must be a list of IP addresses or networks "
+                f"such as [10.0.0.0/8, 192.0.2.7], not {raw!r}.",
+            )
+            return None
+        result = []
+        for item in raw:
+            try:
+                if not isinstance(item, str) or not item.strip():
+                    raise ValueError(item)
+                result.append(netaddr.IPNetwork(item.strip()))
+            except (ValueError, TypeError, netaddr.AddrFormatError):
+                self.problem(
+                    line,
+                    f"{where}: {key!r} holds {item!r}, which is not an IP "
+                    "address or a network in CIDR form such as 10.0.0.0/8; "
+                    "quote each entry as a string.",
+                )
+        return tuple(result)
+
+    def route(
+        self, mapping: Mapping[str, Any], where: str, defaults: RouteConfig
+    ) -> RouteConfig:
+        """
+        The route settings in C{mapping} over C{defaults}.
+        """
+        allow = self.networks(mapping, "allow", where)
+        if "allow" in mapping and allow == ():
+            self.problem(
+                _line(mapping, "allow"),
+                f"{where}: 'allow' is empty, so no client could use the route; "
+                "list the networks that may, or remove the key to allow all.",
+            )
+        return RouteConfig(
+            connect_timeout=self.number(
+                mapping, "connect_timeout", where, defaults.connect_timeout
+            ),
+            response_timeout=self.number(
+                mapping, "response_timeout", where, defaults.response_timeout
+            ),
+            max_body_size=self.whole(
+                mapping, "max_body_size", where, defaults.max_body_size, 0, "bytes"
+            ),
+            max_concurrent_requests=self.whole(
+                mapping,
+                "max_concurrent_requests",
+                where,
+                defaults.max_concurrent_requests,
+                1,
+                "requests",
+            ),
+            allow=allow if "allow" in mapping else defaults.allow,
+            require_client_certificate=self.flag(
+                mapping,
+                "require_client_certificate",
+                where,
+                defaults.require_client_certificate,
+            ),
+        )
 
     def pem_pair(
         self,
@@ -484,17 +690,73 @@ class _Checker:
         else:
             self.listen(listen, line)
         certificate, private_key = self.pem_pair(raw, "gateway")
+        route = self.route(raw, "gateway", RouteConfig())
+        self.route_defaults = route
+        client_ca = self.client_ca(raw)
+        self.has_client_ca = client_ca is not None
+        if route.require_client_certificate and client_ca is None:
+            self.problem(
+                _line(raw, "require_client_certificate"),
+                "gateway: 'require_client_certificate' needs 'client_ca', the "
+                "PEM file of the authorities that sign client certificates.",
+            )
+        hsts = self.whole(raw, "hsts", "gateway", 0, 0, "seconds")
         return GatewayConfig(
             listen=listen,
             certificate=certificate,
             private_key=private_key,
-            connect_timeout=self.number(
-                raw, "connect_timeout", "gateway", DEFAULT_CONNECT_TIMEOUT
+            connect_timeout=route.connect_timeout,
+            response_timeout=route.response_timeout,
+            route=route,
+            trusted_proxies=self.networks(raw, "trusted_proxies", "gateway") or (),
+            idle_timeout=self.number(
+                raw, "idle_timeout", "gateway", DEFAULT_IDLE_TIMEOUT
             ),
-            response_timeout=self.number(
-                raw, "response_timeout", "gateway", DEFAULT_RESPONSE_TIMEOUT
+            header_timeout=self.number(
+                raw, "header_timeout", "gateway", DEFAULT_HEADER_TIMEOUT
+            ),
+            max_header_bytes=self.whole(
+                raw,
+                "max_header_bytes",
+                "gateway",
+                DEFAULT_MAX_HEADER_BYTES,
+                1024,
+                "bytes",
+            ),
+            max_headers=self.whole(
+                raw, "max_headers", "gateway", DEFAULT_MAX_HEADERS, 1, "headers"
+            ),
+            hsts=hsts,
+            client_ca=client_ca,
+            auth_failure_limit=self.whole(
+                raw,
+                "auth_failure_limit",
+                "gateway",
+                DEFAULT_AUTH_FAILURE_LIMIT,
+                0,
+                "answers",
+            ),
+            auth_failure_window=self.number(
+                raw, "auth_failure_window", "gateway", DEFAULT_AUTH_FAILURE_WINDOW
+            ),
+            auth_failure_block=self.number(
+                raw, "auth_failure_block", "gateway", DEFAULT_AUTH_FAILURE_BLOCK
             ),
         )
+
+    def client_ca(self, raw: Mapping[str, Any]) -> Path | None:
+        path = self.path(
+            raw.get("client_ca"), _line(raw, "client_ca"), "gateway: 'client_ca'"
+        )
+        if path is None:
+            return None
+        from xsoar_lr.tls import TLSMaterialError, load_certificates
+
+        try:
+            load_certificates(path)
+        except TLSMaterialError as e:
+            self.problem(_line(raw, "client_ca"), f"gateway: 'client_ca': {e}")
+        return path
 
     def listen(self, description: str, line: int | None) -> None:
         kind, positional, keywords = split_description(description)
@@ -658,7 +920,30 @@ class _Checker:
             certificate=certificate,
             private_key=private_key,
             params=params,
+            route=self.instance_route(entry, where),
         )
+
+    def instance_route(self, entry: Mapping[str, Any], where: str) -> RouteConfig:
+        raw = entry.get("route")
+        if raw is None:
+            return self.route_defaults
+        if not isinstance(raw, Mapping):
+            self.problem(
+                _line(entry, "route"),
+                f"{where}: 'route' must be a mapping of route settings such as "
+                "{max_body_size: 1048576}, not " + repr(raw) + ".",
+            )
+            return self.route_defaults
+        self.unknown_keys(raw, _ROUTE_KEYS, f"{where}: route")
+        route = self.route(raw, f"{where}: route", self.route_defaults)
+        if route.require_client_certificate and not self.has_client_ca:
+            self.problem(
+                _line(raw, "require_client_certificate"),
+                f"{where}: route: 'require_client_certificate' needs the "
+                "gateway's 'client_ca', the PEM file of the authorities that "
+                "sign client certificates.",
+            )
+        return route
 
     def params(self, entry: Mapping[str, Any], where: str) -> dict[str, Any]:
         integration_id = entry.get("integration")
@@ -822,3 +1107,31 @@ def parse_config(
         feeds=feeds,
         warnings=tuple(checker.warnings),
     )
+
+
+def read_state_dir(path: str | os.PathLike[str] | None) -> Path:
+    """
+    The state folder a configuration names, read without checking the rest
+    of the file, so that commands which only need to find a running host
+    (C{xsoar-lr reload}, C{status}) work while the file has problems.
+
+    :raises ConfigError: when the file cannot be read or is not YAML.
+    """
+    if path is None:
+        return default_state_dir()
+    source = os.fspath(path)
+    try:
+        raw = yaml.safe_load(Path(path).read_text("utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            [Problem(source, None, f"The configuration file cannot be read: {e}.")]
+        ) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(
+            [Problem(source, None, f"This is not valid YAML: {e}.")]
+        ) from None
+    value = raw.get("state_dir") if isinstance(raw, Mapping) else None
+    if not isinstance(value, str) or not value:
+        return default_state_dir()
+    state_dir = Path(value).expanduser()
+    return state_dir if state_dir.is_absolute() else Path(path).resolve().parent / state_dir

@@ -10,12 +10,15 @@ command runs, after twistd has installed the reactor of the user's choice.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
+import time
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
+import attrs
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString, wrapServerTLS
 from twisted.logger import Logger
 from twisted.python import usage
@@ -35,7 +38,7 @@ from xsoar_lr.status import write_status
 from xsoar_lr.supervisor import InstanceSupervisor, ProcessSpec
 from xsoar_lr.tls import PemPair, ensure_self_signed, load_pem_pair, server_options
 
-__all__ = ["GatewayService", "HostService", "Options", "makeService"]
+__all__ = ["GatewayService", "HostService", "Options", "ReloadPlan", "makeService"]
 
 
 class Options(usage.Options):
@@ -72,7 +75,12 @@ def makeService(options: Options) -> IService:
     except ConfigError as e:
         sys.stderr.write(e.report() + "\n")
         raise SystemExit(1) from None
-    return HostService(config, reactor)
+    service = HostService(config, reactor)
+    signal.signal(
+        signal.SIGHUP,
+        lambda signum, frame: reactor.callFromThread(service.reload),
+    )
+    return service
 
 
 def instance_payload(config: Config, instance: InstanceConfig) -> dict[str, Any]:
@@ -140,6 +148,14 @@ class GatewayService(Service):
             retry_after=self.supervisor.retry_after,
             response_timeout=config.gateway.response_timeout,
         )
+
+    def apply(self, config: Config) -> None:
+        """
+        Take a reloaded configuration: its routes and server parameters
+        apply from the next request on.
+        """
+        self.config = config
+        self.set_routes(config)
 
     def tls_pair(self) -> PemPair:
         """
@@ -221,10 +237,79 @@ class GatewayService(Service):
         return maybeDeferred(port.stopListening)
 
 
+@attrs.frozen
+class ReloadPlan:
+    """
+    What applying a new configuration changes.
+
+    :ivar added: instances to start.
+    :ivar removed: instances to stop.
+    :ivar changed: instances to restart, since their settings differ.
+    :ivar routed: instances kept that become routed.
+    :ivar unrouted: instances kept that stop being routed.
+    :ivar feeds_changed: whether the feeds differ.
+    :ivar gateway_changed: whether the gateway's settings differ.
+    """
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+    routed: tuple[str, ...]
+    unrouted: tuple[str, ...]
+    feeds_changed: bool
+    gateway_changed: bool
+
+    @classmethod
+    def between(cls, old: Config, new: Config) -> ReloadPlan:
+        """
+        Compare two configurations.
+        """
+        before = {i.name: i for i in old.instances}
+        after = {i.name: i for i in new.instances}
+        was_routed = {i.name for i in old.routed_instances}
+        now_routed = {i.name for i in new.routed_instances}
+        return cls(
+            added=tuple(n for n in after if n not in before),
+            removed=tuple(n for n in before if n not in after),
+            changed=tuple(
+                n for n in after if n in before and after[n] != before[n]
+            ),
+            routed=tuple(
+                n for n in after if n in before and n in now_routed - was_routed
+            ),
+            unrouted=tuple(
+                n for n in before if n in after and n in was_routed - now_routed
+            ),
+            feeds_changed=old.feeds != new.feeds,
+            gateway_changed=old.gateway != new.gateway,
+        )
+
+    def describe(self) -> list[str]:
+        """
+        One sentence per kind of change, for the log and C{xsoar-lr reload}.
+        """
+        said = []
+        for verb, names in (
+            ("started", self.added),
+            ("stopped", self.removed),
+            ("restarted", self.changed),
+            ("now routed", self.routed),
+            ("no longer routed", self.unrouted),
+        ):
+            if names:
+                said.append(f"{verb}: {', '.join(repr(n) for n in names)}")
+        if self.feeds_changed:
+            said.append("feeds replaced")
+        if self.gateway_changed:
+            said.append("gateway settings applied")
+        return said or ["nothing changed"]
+
+
 class HostService(MultiService):
     """
     The whole host: supervisor, feeds and gateway. Stopping it stops the
-    gateway first, then the feeds, then every instance.
+    gateway first, then the feeds, then every instance. C{SIGHUP} reloads
+    the configuration (see L{reload}).
     """
 
     log = Logger()
@@ -233,52 +318,153 @@ class HostService(MultiService):
         super().__init__()
         self.config = config
         self.reactor = reactor
+        self.started_at = reactor.seconds()
+        self.last_reload: dict[str, Any] | None = None
         self.supervisor = InstanceSupervisor(reactor, on_change=self.write_status)
         for instance in config.instances:
-            self.supervisor.add(
-                ProcessSpec(
-                    name=instance.name,
-                    integration=instance.integration,
-                    port=instance.port,
-                    payload=instance_payload(config, instance),
-                )
-            )
+            self.supervisor.add(self.process_spec(config, instance))
         self.supervisor.setServiceParent(self)
+        self.feeds: Service | None = None
+        self.set_feeds(config)
+        self.gateway = GatewayService(config, reactor, self.supervisor)
+        self.gateway.setServiceParent(self)
+
+    @staticmethod
+    def process_spec(config: Config, instance: InstanceConfig) -> ProcessSpec:
+        """
+        How the supervisor runs C{instance}.
+        """
+        return ProcessSpec(
+            name=instance.name,
+            integration=instance.integration,
+            port=instance.port,
+            payload=instance_payload(config, instance),
+        )
+
+    def set_feeds(self, config: Config) -> None:
+        """
+        Pull the feeds of C{config}, replacing the ones pulled now.
+        """
+        if self.feeds is not None:
+            self.feeds.disownServiceParent()
+            self.feeds = None
         if config.feeds:
             from xsoar_lr.feeds import FeedService
 
-            feeds = FeedService(config.feeds, config.store_path, reactor)
-            feeds.setServiceParent(self)
-        self.gateway = GatewayService(config, reactor, self.supervisor)
-        self.gateway.setServiceParent(self)
+            self.feeds = FeedService(config.feeds, config.store_path, self.reactor)
+            self.feeds.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         config = self.config
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.log.info(
             "xsoar-lr starting from {source} with state in {state_dir}",
-            source=config.source if config.source != EMBEDDED else "the embedded default configuration",
+            source=config.source
+            if config.source != EMBEDDED
+            else "the embedded default configuration",
             state_dir=str(config.state_dir),
         )
         for warning in config.warnings:
             self.log.warn("Configuration: {warning}", warning=warning)
         super().privilegedStartService()
 
+    def startService(self) -> None:
+        super().startService()
+        self.write_status()
+
+    def reload(self) -> Deferred[bool]:
+        """
+        Read the configuration file again and apply the difference: new
+        instances start, removed ones stop, changed ones restart, routes and
+        server parameters switch from the next request on, and untouched
+        instances and requests in flight are left alone. A file with
+        problems changes nothing; every problem is logged.
+
+        :returns: a Deferred that fires with whether the file was applied,
+            once the restarted instances' old processes have exited.
+        """
+        source = None if self.config.source == EMBEDDED else self.config.source
+        try:
+            new = load_config(source)
+        except ConfigError as e:
+            for problem in e.problems:
+                self.log.error("Reload refused: {problem}", problem=str(problem))
+            self.last_reload = {
+                "time": time.time(),
+                "ok": False,
+                "changes": [],
+                "problems": [str(p) for p in e.problems],
+            }
+            self.write_status()
+            return succeed(False)
+
+        plan = ReloadPlan.between(self.config, new)
+        if new.gateway.listen != self.config.gateway.listen:
+            self.log.warn(
+                "Reload: the gateway keeps listening on {old}; a new 'listen' "
+                "({new}) takes effect when the host restarts",
+                old=self.config.gateway.listen,
+                new=new.gateway.listen,
+            )
+        for warning in new.warnings:
+            self.log.warn("Configuration: {warning}", warning=warning)
+        old, self.config = self.config, new
+        self.gateway.apply(new)
+        if plan.feeds_changed:
+            self.set_feeds(new)
+
+        stopping = []
+        for name in plan.removed:
+            stopping.append(self.supervisor.remove(name))
+        for name in plan.changed:
+            d = self.supervisor.remove(name)
+            d.addCallback(
+                lambda _, name=name: self.supervisor.add(
+                    self.process_spec(new, new.instance(name))
+                )
+            )
+            stopping.append(d)
+        for name in plan.added:
+            self.supervisor.add(self.process_spec(new, new.instance(name)))
+
+        changes = plan.describe()
+        self.log.info(
+            "Reloaded {source}: {changes}",
+            source=new.source,
+            changes="; ".join(changes),
+        )
+        self.last_reload = {
+            "time": time.time(),
+            "ok": True,
+            "changes": changes,
+            "problems": [],
+        }
+        self.write_status()
+        done: Deferred[Any] = DeferredList(stopping, consumeErrors=True)
+        done.addCallback(lambda _: True)
+        return done
+
     def write_status(self) -> None:
         """
-        Record every instance's state in the state folder.
+        Record the host's and every instance's state in the state folder.
         """
         records = self.supervisor.snapshot()
         for record in records:
             routed = self.config.is_routed(record["name"])
             record["routed"] = routed
             record["route"] = route_for(record["name"]) if routed else None
+        host = {
+            "pid": os.getpid(),
+            "config": None if self.config.source == EMBEDDED else self.config.source,
+            "started": time.time() - (self.reactor.seconds() - self.started_at),
+            "gateway_port": self.gateway.port if hasattr(self, "gateway") else None,
+            "last_reload": self.last_reload,
+        }
         try:
-            write_status(self.config.state_dir, records)
+            write_status(self.config.state_dir, records, host)
         except OSError as e:
             self.log.error(
                 "Cannot write the status file in {state_dir}: {error}",
                 state_dir=str(self.config.state_dir),
                 error=os.strerror(e.errno or 0),
             )
-
