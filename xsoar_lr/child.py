@@ -17,9 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    Logger,
+    globalLogBeginner,
+)
 from twisted.python.failure import Failure
 
+from xsoar_lr.logs import JSONLinesObserver
 from xsoar_lr.supervisor import CONTROL_FD, EXIT_BAD_CONFIGURATION, EXIT_CANNOT_LISTEN
 
 log = Logger(namespace="xsoar_lr.child")
@@ -154,9 +161,13 @@ def main() -> None:
     """
     Entry point of the child process.
     """
-    globalLogBeginner.beginLoggingTo(
-        [textFileLogObserver(sys.stderr, timeFormat="")], redirectStandardIO=False
+    # Events go to the host as JSON lines, which it logs again as the
+    # instance's, with their level and fields; debug events stay here.
+    observer = FilteringLogObserver(
+        JSONLinesObserver(sys.stderr),
+        [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)],
     )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     try:
         payload = read_payload()
     except ValueError:

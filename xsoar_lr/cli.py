@@ -20,9 +20,11 @@ __all__ = ["main"]
 # The modules that contribute subcommands, in the order --help lists them.
 COMMAND_MODULES = (
     "xsoar_lr.commands.config",
+    "xsoar_lr.commands.host",
     "xsoar_lr.commands.indicators",
     "xsoar_lr.commands.instances",
     "xsoar_lr.commands.teams",
+    "xsoar_lr.commands.systemd",
 )
 
 

@@ -27,7 +27,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
 from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
+from twisted.logger import InvalidLogLevelError, Logger, LogLevel
 from twisted.python.failure import Failure
 
 __all__ = ["InstanceState", "InstanceSupervisor", "ProcessSpec"]
@@ -82,6 +82,7 @@ class _Supervised:
     restart_call: IDelayedCall | None = None
     kill_call: IDelayedCall | None = None
     removing: bool = False
+    health: str | None = None
     exited: list[Deferred[None]] = attrs.Factory(list)
 
     @property
@@ -121,16 +122,35 @@ class _InstanceProtocol(ProcessProtocol):
     def line_received(self, fd: int, line: bytes) -> None:
         text = line.decode("utf-8", "replace").strip()
         if fd == CONTROL_FD:
-            if text == "ready":
+            command, _, argument = text.partition(" ")
+            if command == "ready":
                 self.supervisor.instance_ready(self.name)
+            elif command == "health":
+                self.supervisor.instance_health(self.name, argument)
             return
-        if text:
+        if not text:
+            return
+        record = _child_event(text) if fd == 2 else None
+        if record is None:
+            # Output that is not the instance's log: print() calls, or a
+            # traceback from before its logging started.
             self.log.info(
                 "[{instance}] {line}",
                 instance=self.name,
                 line=text,
                 stream="stdout" if fd == 1 else "stderr",
             )
+            return
+        level, line, fields = record
+        self.log.emit(
+            level,
+            "[{instance}] {line}",
+            instance=self.name,
+            line=line,
+            child_namespace=fields.pop("namespace", None),
+            child_fields=fields,
+            **({"metric": fields["metric"]} if "metric" in fields else {}),
+        )
 
     def processEnded(self, reason: Failure) -> None:
         for fd, rest in self.buffers.items():
@@ -138,6 +158,31 @@ class _InstanceProtocol(ProcessProtocol):
                 self.line_received(fd, rest)
         self.buffers.clear()
         self.supervisor.instance_exited(self.name, reason)
+
+
+def _child_event(text: str) -> tuple[LogLevel, str, dict[str, Any]] | None:
+    """
+    Read one of an instance's log events, which it writes to standard error
+    as JSON lines (see L{xsoar_lr.logs}); C{None} for any other line.
+    """
+    if not text.startswith("{"):
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("message"), str):
+        return None
+    try:
+        level = LogLevel.levelWithName(str(record.pop("level", "info")))
+    except InvalidLogLevelError:
+        level = LogLevel.info
+    record.pop("time", None)
+    line: str = record.pop("message")
+    traceback = record.pop("traceback", None)
+    if traceback:
+        line = f"{line}\n{traceback}"
+    return level, line, record
 
 
 def describe_exit(reason: Failure) -> str:
@@ -238,6 +283,7 @@ class InstanceSupervisor(Service):
                 "pid": s.pid,
                 "restarts": s.restarts,
                 "last_exit": s.last_exit,
+                "health": s.health,
                 "uptime": None
                 if s.started_at is None or s.state is not InstanceState.RUNNING
                 else round(now - s.started_at, 3),
@@ -340,6 +386,33 @@ class InstanceSupervisor(Service):
         )
         self._changed()
 
+    def instance_health(self, name: str, report: str) -> None:
+        """
+        The named instance reports its own health (XSOAR's
+        C{updateModuleHealth}): C{report} is a JSON string with the error
+        message, or C{null} when it is healthy again.
+        """
+        supervised = self.instances.get(name)
+        if supervised is None:
+            return
+        try:
+            message = json.loads(report)
+        except ValueError:
+            message = report
+        message = None if message in (None, "") else str(message)
+        if message == supervised.health:
+            return
+        supervised.health = message
+        if message is None:
+            self.log.info("Instance {instance} reports it is healthy", instance=name)
+        else:
+            self.log.warn(
+                "Instance {instance} reports a problem: {problem}",
+                instance=name,
+                problem=message,
+            )
+        self._changed()
+
     def instance_exited(self, name: str, reason: Failure) -> None:
         """
         The named instance's process ended; restart it unless it was stopped
@@ -350,6 +423,7 @@ class InstanceSupervisor(Service):
             return
         how = describe_exit(reason)
         supervised.last_exit = how
+        supervised.health = None
         supervised.protocol = None
         if supervised.kill_call is not None and supervised.kill_call.active():
             supervised.kill_call.cancel()
