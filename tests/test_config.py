@@ -183,7 +183,7 @@ def test_every_problem_is_reported_at_once_with_its_line() -> None:
         "test.yaml:14: instance 'b/c': a name may hold any printable characters "
         "but '/'.",
         "test.yaml:17: instance 'b/c': unknown key 'prams'; the known keys are "
-        "name, integration, port, interface, certificate, private_key, params. "
+        "name, integration, port, interface, certificate, private_key, params, route. "
         "Did you mean 'params'?",
         "test.yaml:20: instance 'd': port 7001 is already used by instance 'b/c'; "
         "give each instance its own port.",

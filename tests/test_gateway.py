@@ -7,6 +7,7 @@ instances served in this process.
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -111,12 +112,11 @@ class Gateway:
         )
         self.ports.append(port)
         instances["closer"] = ("127.0.0.1", port.getHost().port)
-        # A port that nothing listens on: taken, then released.
-        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            Factory()
-        )
-        instances["refusing"] = ("127.0.0.1", port.getHost().port)
-        await port.stopListening()
+        # A port that is bound but not listening refuses connections, and
+        # nothing else can take it while the test holds it.
+        self.refusing = socket.socket()
+        self.refusing.bind(("127.0.0.1", 0))
+        instances["refusing"] = ("127.0.0.1", self.refusing.getsockname()[1])
         instances["starting"] = instances["echo"]
         self.states["starting"] = InstanceState.STARTING
 
@@ -133,6 +133,7 @@ class Gateway:
         self.base = f"https://127.0.0.1:{gateway.getHost().port}"
 
     async def stop(self) -> None:
+        self.refusing.close()
         for port in self.ports:
             await port.stopListening()
         await self.agent._pool.closeCachedConnections()  # type: ignore[attr-defined]

@@ -258,3 +258,26 @@ async def test_twistd_runs_the_host_and_stops_it_cleanly(tmp_path: Path) -> None
     assert "Instance echo stopped (exit code 0)" in log
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
+
+
+def test_an_instance_reports_its_health_to_the_host() -> None:
+    """
+    A C{health} line on the control pipe sets or clears the instance's
+    reported problem, which status reports show.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from xsoar_lr.supervisor import (
+        CONTROL_FD,
+        InstanceSupervisor,
+        ProcessSpec,
+        _InstanceProtocol,
+    )
+
+    supervisor = InstanceSupervisor(MemoryReactorClock(), environment={})
+    supervisor.add(ProcessSpec("feed", "echo", 7000, {}))
+    protocol = _InstanceProtocol(supervisor, "feed")
+    protocol.childDataReceived(CONTROL_FD, b'health "The feed refuses our key."\n')
+    assert supervisor.snapshot()[0]["health"] == "The feed refuses our key."
+    protocol.childDataReceived(CONTROL_FD, b"health null\n")
+    assert supervisor.snapshot()[0]["health"] is None

@@ -104,6 +104,12 @@ def run(payload: dict[str, Any]) -> int:
     state_dir = Path(payload["state_dir"])
     state_dir.mkdir(parents=True, exist_ok=True)
     store_path = Path(payload["store_path"])
+    control = StandardIO(_HostPipe(reactor), stdin=0, stdout=CONTROL_FD, reactor=reactor)
+
+    def report_health(problem: str | None) -> None:
+        line = b"health " + json.dumps(problem).encode() + b"\n"
+        reactor.callFromThread(control.write, line)
+
     context = InstanceContext(
         name=name,
         integration=payload["integration"],
@@ -113,6 +119,7 @@ def run(payload: dict[str, Any]) -> int:
         reactor=reactor,
         log=Logger(namespace=f"xsoar_lr.instance.{name}"),
         open_store=lambda: open_store(store_path),
+        report_health=report_health,
     )
     site = Site(integration.make_resource(context))
     site.noisy = False
@@ -149,7 +156,6 @@ def run(payload: dict[str, Any]) -> int:
         exit_code[0] = EXIT_CANNOT_LISTEN
         reactor.stop()
 
-    control = StandardIO(_HostPipe(reactor), stdin=0, stdout=CONTROL_FD, reactor=reactor)
     reactor.callWhenRunning(
         lambda: endpoint.listen(site).addCallbacks(listening, cannot_listen)
     )

@@ -607,7 +607,7 @@ class _Checker:
         The route settings in C{mapping} over C{defaults}.
         """
         allow = self.networks(mapping, "allow", where)
-        if "allow" in mapping and allow == ():
+        if mapping.get("allow") == []:
             self.problem(
                 _line(mapping, "allow"),
                 f"{where}: 'allow' is empty, so no client could use the route; "
@@ -936,7 +936,11 @@ class _Checker:
             return self.route_defaults
         self.unknown_keys(raw, _ROUTE_KEYS, f"{where}: route")
         route = self.route(raw, f"{where}: route", self.route_defaults)
-        if route.require_client_certificate and not self.has_client_ca:
+        if (
+            raw.get("require_client_certificate") is True
+            and not self.has_client_ca
+        ):
+            # Inherited from the gateway, the problem is reported there.
             self.problem(
                 _line(raw, "require_client_certificate"),
                 f"{where}: route: 'require_client_certificate' needs the "

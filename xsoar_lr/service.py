@@ -14,12 +14,14 @@ import signal
 import socket
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
 import attrs
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString, wrapServerTLS
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -33,10 +35,17 @@ from xsoar_lr.config import (
     route_for,
     split_description,
 )
-from xsoar_lr.gateway import RouteTable, build_routes, make_agent, make_gateway_site
+from xsoar_lr.gateway import (
+    GatewayPolicy,
+    GatewaySite,
+    RouteTable,
+    build_routes,
+    make_agent,
+    make_gateway_site,
+)
 from xsoar_lr.status import write_status
 from xsoar_lr.supervisor import InstanceSupervisor, ProcessSpec
-from xsoar_lr.tls import PemPair, ensure_self_signed, load_pem_pair, server_options
+from xsoar_lr.tls import PemPair, ReloadingServerTLS, ensure_self_signed, load_pem_pair
 
 __all__ = ["GatewayService", "HostService", "Options", "ReloadPlan", "makeService"]
 
@@ -119,11 +128,20 @@ class GatewayService(Service):
     The gateway's TLS site, listening from C{privilegedStartService} on so
     that a low port is bound before twistd sheds privileges.
 
+    The certificate and key are read again when the configuration is
+    reloaded (C{SIGHUP}, see L{apply}) and when the files change (checked
+    every L{tls_check_interval} seconds); new connections get the new
+    certificate, open ones keep theirs.
+
     :ivar table: the routes being served.
     :ivar listening_port: the port, once listening.
+    :ivar tls: the gateway's TLS, once listening.
     """
 
     log = Logger()
+
+    #: Seconds between checks of the certificate files for changes.
+    tls_check_interval: float = 5.0
 
     def __init__(
         self, config: Config, reactor: Any, supervisor: InstanceSupervisor
@@ -132,8 +150,12 @@ class GatewayService(Service):
         self.reactor = reactor
         self.supervisor = supervisor
         self.agent = make_agent(reactor, config.gateway.connect_timeout)
+        self.policy = GatewayPolicy.from_config(config.gateway, reactor)
         self.table = RouteTable()
         self.listening_port: Any = None
+        self.site: GatewaySite | None = None
+        self.tls: ReloadingServerTLS | None = None
+        self._tls_check: LoopingCall | None = None
         self.set_routes(config)
 
     def set_routes(self, config: Config) -> None:
@@ -147,7 +169,12 @@ class GatewayService(Service):
             state=self.supervisor.state,
             retry_after=self.supervisor.retry_after,
             response_timeout=config.gateway.response_timeout,
+            settings={i.name: i.route for i in config.routed_instances},
+            policy=self.policy,
         )
+        self.policy.configure(config.gateway)
+        if self.site is not None:
+            self.site.configure(config.gateway)
 
     def apply(self, config: Config) -> None:
         """
@@ -156,6 +183,10 @@ class GatewayService(Service):
         """
         self.config = config
         self.set_routes(config)
+        if self.tls is not None:
+            self.tls.client_ca_path = config.gateway.client_ca
+            self.tls.watched = self.tls_files()
+            self.reload_tls()
 
     def tls_pair(self) -> PemPair:
         """
@@ -180,21 +211,62 @@ class GatewayService(Service):
             "Gateway certificate SHA-256 fingerprint: {fingerprint}",
             fingerprint=pair.fingerprint,
         )
+        self.tls = ReloadingServerTLS(
+            self.read_tls_pair,
+            client_ca_path=self.config.gateway.client_ca,
+            watched=self.tls_files(),
+        )
         description = self.config.gateway.listen
         if description.startswith("ssl:"):
             description = "tcp:" + description[len("ssl:") :]
         endpoint = wrapServerTLS(
-            server_options(pair),  # type: ignore[arg-type]
+            self.tls,  # type: ignore[arg-type]
             serverFromString(self.reactor, description),
         )
+        self.site = make_gateway_site(
+            self.table, self.config.gateway, self.reactor, self.policy
+        )
         results: list[Any] = []
-        endpoint.listen(make_gateway_site(self.table)).addBoth(results.append)
+        endpoint.listen(self.site).addBoth(results.append)
         if results and isinstance(results[0], Failure):
             # Listening on a stream port fails at once; let twistd report it
             # and exit rather than run a host without its gateway.
             results[0].raiseException()
         self.listening_port = results[0] if results else None
         self.log_routes()
+
+    def tls_files(self) -> tuple[Path, Path]:
+        """
+        The certificate and key files the gateway serves.
+        """
+        gateway = self.config.gateway
+        if gateway.certificate is not None and gateway.private_key is not None:
+            return gateway.certificate, gateway.private_key
+        folder = self.config.state_dir / "tls"
+        return folder / "gateway.pem", folder / "gateway.key"
+
+    def read_tls_pair(self) -> PemPair:
+        """
+        Read the certificate and key files the gateway serves.
+        """
+        return load_pem_pair(*self.tls_files())
+
+    def startService(self) -> None:
+        super().startService()
+        if self.tls is not None:
+            self._tls_check = LoopingCall(self.tls.reload_if_changed)
+            self._tls_check.clock = self.reactor
+            self._tls_check.start(self.tls_check_interval, now=False)
+
+    def reload_tls(self) -> bool:
+        """
+        Read the gateway's certificate and key again; new connections get
+        them. A file that cannot be used is logged and the current
+        certificate kept.
+
+        :returns: whether the new certificate is served.
+        """
+        return self.tls.reload() if self.tls is not None else False
 
     def log_routes(self) -> None:
         port = self.port
@@ -230,6 +302,9 @@ class GatewayService(Service):
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
+        if self._tls_check is not None and self._tls_check.running:
+            self._tls_check.stop()
+        self._tls_check = None
         self.agent._pool.closeCachedConnections()  # type: ignore[attr-defined]
         if self.listening_port is None:
             return None

@@ -1,7 +1,9 @@
 """
 TLS material for the gateway (and for instances that serve HTTPS
-themselves): loading PEM files, making a self-signed pair on first start, and
-the server options (TLS 1.2 or later).
+themselves): loading PEM files, making a self-signed pair on first start, the
+server options (TLS 1.2 and 1.3 with forward-secret AEAD ciphers only, the
+whole chain served, optional client certificates) and L{ReloadingServerTLS},
+which swaps in a renewed certificate without a restart.
 """
 
 from __future__ import annotations
@@ -12,19 +14,40 @@ import os
 import socket
 from pathlib import Path
 
+from typing import Any
+
 import attrs
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+from twisted.logger import Logger
+from zope.interface import implementer
 
 __all__ = [
+    "MODERN_TLS12_CIPHERS",
     "PemPair",
+    "ReloadingServerTLS",
     "TLSMaterialError",
     "ensure_self_signed",
+    "load_certificates",
     "load_pem_pair",
     "server_options",
 ]
+
+#: The TLS 1.2 cipher suites the gateway accepts: ECDHE key exchange with
+#: AES-GCM or ChaCha20-Poly1305 only (no CBC, no RSA key exchange, no DHE).
+#: TLS 1.3's own suites are all of that kind and stay as OpenSSL offers them.
+MODERN_TLS12_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    ]
+)
 
 
 class TLSMaterialError(ValueError):
@@ -99,8 +122,12 @@ def load_pem_pair(certificate_path: Path, key_path: Path) -> PemPair:
     ours = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    theirs = chain[0].public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    theirs = (
+        chain[0]
+        .public_key()
+        .public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
     if ours != theirs:
         raise TLSMaterialError(
@@ -109,6 +136,29 @@ def load_pem_pair(certificate_path: Path, key_path: Path) -> PemPair:
             "certificate must come first, followed by its chain."
         )
     return PemPair(chain, key, certificate_path, key_path)
+
+
+def load_certificates(path: Path) -> tuple[x509.Certificate, ...]:
+    """
+    Read a PEM file of one or more certificates, such as the authorities
+    that sign client certificates.
+
+    :raises TLSMaterialError: when the file is unreadable or holds none.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise TLSMaterialError(
+            f"the certificate file {str(path)!r} cannot be read ({e.strerror}); "
+            "check the path and its permissions."
+        ) from None
+    try:
+        return tuple(x509.load_pem_x509_certificates(data))
+    except ValueError:
+        raise TLSMaterialError(
+            f"the certificate file {str(path)!r} holds no PEM certificate; give "
+            "a file that starts with '-----BEGIN CERTIFICATE-----'."
+        ) from None
 
 
 def ensure_self_signed(
@@ -178,18 +228,154 @@ def ensure_self_signed(
     return load_pem_pair(certificate_path, key_path), True
 
 
-def server_options(pair: PemPair) -> object:
+def server_options(
+    pair: PemPair, client_ca: tuple[x509.Certificate, ...] | None = None
+) -> object:
     """
-    Twisted TLS server options for C{pair}: TLS 1.2 or later, the whole chain
-    served, Twisted's modern cipher list.
+    Twisted TLS server options for C{pair}: TLS 1.2 and 1.3 only, ECDHE
+    with AEAD ciphers only, the whole chain served.
+
+    :param client_ca: the authorities whose client certificates are
+        accepted. Clients are asked for a certificate but not made to give
+        one: the gateway decides per route (an invalid certificate still
+        fails the handshake).
     """
-    from twisted.internet.ssl import CertificateOptions, TLSVersion
+    from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
 
     # pyOpenSSL takes cryptography's objects directly (its own wrappers are
     # deprecated).
+    verify: dict[str, Any] = {}
+    if client_ca:
+        from twisted.internet.ssl import Certificate
+
+        # The trust store takes pyOpenSSL's certificate objects only.
+        verify = {
+            "verify": True,
+            "caCerts": [
+                Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM)).original
+                for c in client_ca
+            ],
+            "requireCertificate": False,
+        }
     return CertificateOptions(
         privateKey=pair.key,  # type: ignore[arg-type]
         certificate=pair.chain[0],  # type: ignore[arg-type]
         extraCertChain=list(pair.chain[1:]),  # type: ignore[arg-type]
         raiseMinimumTo=TLSVersion.TLSv1_2,
+        acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(
+            MODERN_TLS12_CIPHERS
+        ),
+        **verify,
     )
+
+
+def _signature(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int], ...]:
+    result = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except OSError:
+            result.append((0, 0, 0))
+        else:
+            result.append((st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(result)
+
+
+def _connection_creator_interface() -> Any:
+    from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+
+    return IOpenSSLServerConnectionCreator
+
+
+@implementer(_connection_creator_interface())
+class ReloadingServerTLS:
+    """
+    The gateway's TLS: each new connection gets the context made from the
+    certificate, key and client authorities as they were last read, so a
+    renewed certificate is served without a restart. Connections already
+    open keep the certificate they started with.
+
+    :ivar pair: the certificate and key being served.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        load_pair: Any,
+        client_ca_path: Path | None = None,
+        watched: tuple[Path, ...] = (),
+    ) -> None:
+        """
+        :param load_pair: a callable that reads the certificate and key and
+            returns a L{PemPair} (or raises L{TLSMaterialError}).
+        :param client_ca_path: the PEM file of client certificate
+            authorities, if clients may present certificates.
+        :param watched: the files whose change L{reload_if_changed} notices.
+        :raises TLSMaterialError: when the material cannot be loaded at first.
+        """
+        self._load_pair = load_pair
+        self.client_ca_path = client_ca_path
+        self.watched = watched + ((client_ca_path,) if client_ca_path else ())
+        self._signature = _signature(self.watched)
+        self.pair: PemPair = load_pair()
+        self._context = self._make_context(self.pair)
+
+    def _make_context(self, pair: PemPair) -> Any:
+        client_ca = (
+            load_certificates(self.client_ca_path) if self.client_ca_path else None
+        )
+        return server_options(pair, client_ca).getContext()  # type: ignore[attr-defined]
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> Any:
+        """
+        A TLS connection for a new client, on the current context.
+        """
+        from OpenSSL import SSL
+
+        return SSL.Connection(self._context, None)
+
+    def reload(self) -> bool:
+        """
+        Read the files again and serve them to new connections. A file that
+        cannot be used is logged and the current material kept.
+
+        :returns: whether the new material is now served.
+        """
+        self._signature = _signature(self.watched)
+        try:
+            pair = self._load_pair()
+            context = self._make_context(pair)
+        except TLSMaterialError as e:
+            self.log.error(
+                "Gateway certificate not reloaded, the current one stays in "
+                "use: {error}",
+                error=str(e),
+            )
+            return False
+        except Exception as e:
+            # OpenSSL refusing the material (an unsupported key, say) must
+            # not take the gateway down either.
+            self.log.error(
+                "Gateway certificate not reloaded, the current one stays in "
+                "use: OpenSSL refused it ({error})",
+                error=str(e),
+            )
+            return False
+        self.pair, self._context = pair, context
+        self.log.info(
+            "Gateway certificate reloaded; SHA-256 fingerprint {fingerprint}",
+            fingerprint=pair.fingerprint,
+        )
+        return True
+
+    def reload_if_changed(self) -> bool:
+        """
+        Reload when a watched file changed (modification time, size or inode)
+        since the last load.
+
+        :returns: whether new material is now served.
+        """
+        if _signature(self.watched) == self._signature:
+            return False
+        return self.reload()
