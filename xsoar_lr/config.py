@@ -224,6 +224,21 @@ class InstanceConfig:
     route: RouteConfig = attrs.field(factory=RouteConfig)
 
 
+DEFAULT_MANAGEMENT_LISTEN = "tcp:9180:interface=127.0.0.1"
+
+
+@attrs.frozen
+class ManagementConfig:
+    """
+    The management site: C{/health}, C{/status} and C{/metrics}.
+
+    :ivar listen: a Twisted server endpoint description; loopback by
+        default, since the site has no authentication of its own.
+    """
+
+    listen: str = DEFAULT_MANAGEMENT_LISTEN
+
+
 @attrs.frozen
 class Config:
     """
@@ -246,6 +261,7 @@ class Config:
     server_params: Mapping[str, bool]
     instances: tuple[InstanceConfig, ...]
     feeds: tuple[Any, ...] = ()
+    management: ManagementConfig | None = None
     warnings: tuple[str, ...] = ()
 
     def instance(self, name: str) -> InstanceConfig:
@@ -434,7 +450,15 @@ def _line(mapping: Any, key: Any = None) -> int | None:
 
 # Checking.
 
-_TOP_KEYS = ("state_dir", "gateway", "server_params", "instances", "feeds")
+_TOP_KEYS = (
+    "state_dir",
+    "gateway",
+    "server_params",
+    "instances",
+    "feeds",
+    "management",
+)
+_MANAGEMENT_KEYS = ("listen",)
 _ROUTE_KEYS = (
     "connect_timeout",
     "response_timeout",
@@ -986,6 +1010,30 @@ class _Checker:
                 )
             return dict(raw)
 
+    def management(self, raw: Any) -> ManagementConfig | None:
+        if raw is None:
+            return None
+        if raw is True or raw == {}:
+            return ManagementConfig()
+        if not isinstance(raw, Mapping):
+            self.problem(
+                None,
+                "'management' must be a mapping such as "
+                f'{{listen: "{DEFAULT_MANAGEMENT_LISTEN}"}}, not {raw!r}.',
+            )
+            return None
+        self.unknown_keys(raw, _MANAGEMENT_KEYS, "management")
+        listen = raw.get("listen", DEFAULT_MANAGEMENT_LISTEN)
+        kind = split_description(listen)[0] if isinstance(listen, str) else None
+        if kind not in ("tcp", "tcp6", "unix", "systemd"):
+            self.problem(
+                _line(raw, "listen"),
+                f"management: 'listen' must be an endpoint description such as "
+                f'"{DEFAULT_MANAGEMENT_LISTEN}", not {listen!r}.',
+            )
+            return None
+        return ManagementConfig(listen=listen)
+
     def feeds(self, raw: Any) -> tuple[Any, ...]:
         if raw is None:
             return ()
@@ -1099,6 +1147,7 @@ def parse_config(
                 "private_key, or stop routing it.",
             )
     feeds = checker.feeds(raw.get("feeds"))
+    management = checker.management(raw.get("management"))
     if checker.problems:
         # Reported in file order, so the report reads along with the file.
         raise ConfigError(sorted(checker.problems, key=lambda p: p.line or 0))
@@ -1109,6 +1158,7 @@ def parse_config(
         server_params=server_params,
         instances=tuple(instances),
         feeds=feeds,
+        management=management,
         warnings=tuple(checker.warnings),
     )
 

@@ -624,6 +624,7 @@ class _Exchange:
     ) -> None:
         self.route = route
         self.deferred = deferred
+        self.started = route.reactor.seconds()
         self.upload: _UploadBody | None = None
         self.relay: _BodyRelay | None = None
         self.aborted = False
@@ -912,6 +913,9 @@ class InstanceProxyResource(ReverseProxyResource):  # type: ignore[misc]
         Relay the instance's response: status, end-to-end headers, and the
         body as it comes.
         """
+        request.upstream_latency = (  # type: ignore[attr-defined]
+            self.reactor.seconds() - exchange.started
+        )
         if response.code == 401 and self.policy.throttle is not None:
             client = getattr(request, "gateway_client", None) or (
                 self.policy.client_address(request)
@@ -1439,6 +1443,7 @@ class GatewaySite(Site):
             reactor=reactor,
         )
         self.displayTracebacks = False
+        self.metrics: Any = None
         self.table = table
         self.policy = policy or GatewayPolicy()
         self.header_timeout = header_timeout
@@ -1455,6 +1460,20 @@ class GatewaySite(Site):
         self.max_header_bytes = gateway.max_header_bytes
         self.max_headers = gateway.max_headers
         self.max_body_size = gateway.route.max_body_size
+
+    def log(self, request: Request) -> None:
+        """
+        Write the access log line, and count the request in the metrics.
+        """
+        super().log(request)
+        if self.metrics is not None:
+            route = self.table.resolve(request.uri or b"")
+            self.metrics.observe_request(
+                None if route is None else route.name,
+                request.code,
+                request.sentLength,
+                getattr(request, "upstream_latency", None),
+            )
 
     def protocol(self) -> _GenericHTTPChannelProtocol:  # type: ignore[override]
         channel = GatewayChannel()

@@ -22,7 +22,7 @@ import attrs
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString, wrapServerTLS
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -43,6 +43,7 @@ from xsoar_lr.gateway import (
     make_agent,
     make_gateway_site,
 )
+from xsoar_lr.management import HostMetrics, make_management_site
 from xsoar_lr.status import write_status
 from xsoar_lr.supervisor import InstanceSupervisor, ProcessSpec
 from xsoar_lr.tls import PemPair, ReloadingServerTLS, ensure_self_signed, load_pem_pair
@@ -154,6 +155,7 @@ class GatewayService(Service):
         self.table = RouteTable()
         self.listening_port: Any = None
         self.site: GatewaySite | None = None
+        self.metrics: HostMetrics | None = None
         self.tls: ReloadingServerTLS | None = None
         self._tls_check: LoopingCall | None = None
         self.set_routes(config)
@@ -226,6 +228,7 @@ class GatewayService(Service):
         self.site = make_gateway_site(
             self.table, self.config.gateway, self.reactor, self.policy
         )
+        self.site.metrics = self.metrics
         results: list[Any] = []
         endpoint.listen(self.site).addBoth(results.append)
         if results and isinstance(results[0], Failure):
@@ -306,6 +309,48 @@ class GatewayService(Service):
             self._tls_check.stop()
         self._tls_check = None
         self.agent._pool.closeCachedConnections()  # type: ignore[attr-defined]
+        if self.listening_port is None:
+            return None
+        port, self.listening_port = self.listening_port, None
+        return maybeDeferred(port.stopListening)
+
+
+class ManagementService(Service):
+    """
+    The management site (C{/health}, C{/status}, C{/metrics}) on its own
+    endpoint.
+    """
+
+    log = Logger()
+
+    def __init__(self, host: HostService, listen: str) -> None:
+        self.host = host
+        self.listen = listen
+        self.listening_port: Any = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        endpoint = serverFromString(self.host.reactor, self.listen)
+        results: list[Any] = []
+        site = make_management_site(self.host, self.host.metrics)
+        endpoint.listen(site).addBoth(results.append)
+        if results and isinstance(results[0], Failure):
+            results[0].raiseException()
+        self.listening_port = results[0] if results else None
+        self.log.info("Management site listening on {listen}", listen=self.listen)
+
+    @property
+    def port(self) -> int | None:
+        """
+        The TCP port of the management site, once it listens.
+        """
+        if self.listening_port is None:
+            return None
+        port: int | None = getattr(self.listening_port.getHost(), "port", None)
+        return port
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
         if self.listening_port is None:
             return None
         port, self.listening_port = self.listening_port, None
@@ -403,6 +448,12 @@ class HostService(MultiService):
         self.set_feeds(config)
         self.gateway = GatewayService(config, reactor, self.supervisor)
         self.gateway.setServiceParent(self)
+        self.metrics = HostMetrics(self.status_records)
+        self.gateway.metrics = self.metrics
+        self.management: ManagementService | None = None
+        if config.management is not None:
+            self.management = ManagementService(self, config.management.listen)
+            self.management.setServiceParent(self)
 
     @staticmethod
     def process_spec(config: Config, instance: InstanceConfig) -> ProcessSpec:
@@ -444,8 +495,30 @@ class HostService(MultiService):
         super().privilegedStartService()
 
     def startService(self) -> None:
+        globalLogPublisher.addObserver(self.metrics)
         super().startService()
         self.write_status()
+
+    def stopService(self) -> Deferred[None]:
+        d: Deferred[None] = super().stopService()
+
+        def stopped(result: object) -> None:
+            globalLogPublisher.removeObserver(self.metrics)
+            self.write_status()
+
+        d.addBoth(stopped)
+        return d
+
+    def status_records(self) -> list[dict[str, Any]]:
+        """
+        Every instance's state, with whether and where it is routed.
+        """
+        records = self.supervisor.snapshot()
+        for record in records:
+            routed = self.config.is_routed(record["name"])
+            record["routed"] = routed
+            record["route"] = route_for(record["name"]) if routed else None
+        return records
 
     def reload(self) -> Deferred[bool]:
         """
@@ -523,11 +596,7 @@ class HostService(MultiService):
         """
         Record the host's and every instance's state in the state folder.
         """
-        records = self.supervisor.snapshot()
-        for record in records:
-            routed = self.config.is_routed(record["name"])
-            record["routed"] = routed
-            record["route"] = route_for(record["name"]) if routed else None
+        records = self.status_records()
         host = {
             "pid": os.getpid(),
             "config": None if self.config.source == EMBEDDED else self.config.source,
