@@ -6,6 +6,9 @@ forwards (path, query, headers, body, client address).
 Parameters:
 
 - C{status}: the status code to answer with (default 200).
+
+A request may ask for a slow answer with the query argument C{delay}
+(seconds, at most L{MAX_DELAY}), to try timeouts and graceful stops.
 """
 
 from __future__ import annotations
@@ -13,10 +16,15 @@ from __future__ import annotations
 import base64
 import json
 
+from typing import Any
+
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 
 from xsoar_lr.api import InstanceContext, Parameter
+
+#: The longest delay a request may ask for, in seconds.
+MAX_DELAY = 300.0
 
 PARAMETERS = (
     Parameter(
@@ -36,12 +44,34 @@ class EchoResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, name: str, status: int) -> None:
+    def __init__(self, name: str, status: int, reactor: Any = None) -> None:
         super().__init__()
         self.name = name
         self.status = status
+        self.reactor = reactor
 
-    def render(self, request: Request) -> bytes:
+    def render(self, request: Request) -> bytes | int:
+        delay = request.args.get(b"delay", [b""])[0]
+        if delay and self.reactor is not None:
+            try:
+                seconds = min(max(float(delay), 0.0), MAX_DELAY)
+            except ValueError:
+                request.setResponseCode(400)
+                request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+                return b"The delay argument must be a number of seconds.\n"
+            call = self.reactor.callLater(seconds, self._answer_later, request)
+            request.notifyFinish().addErrback(lambda _: call.cancel())
+            return NOT_DONE_YET
+        return self.describe(request)
+
+    def _answer_later(self, request: Request) -> None:
+        request.write(self.describe(request))
+        request.finish()
+
+    def describe(self, request: Request) -> bytes:
+        """
+        The JSON description of C{request}, with the status code set.
+        """
         body = request.content.read()
         try:
             text: str | None = body.decode("utf-8")
@@ -72,4 +102,4 @@ def make_resource(context: InstanceContext) -> IResource:
     """
     Build the echo resource of one instance.
     """
-    return EchoResource(context.name, context.params["status"])
+    return EchoResource(context.name, context.params["status"], context.reactor)

@@ -48,11 +48,15 @@ StartHost = Callable[..., Awaitable[RunningHost]]
 async def start_host(tmp_path: Path) -> AsyncIterator[StartHost]:
     started: list[HostService] = []
 
-    async def start(body: str, wait_for: tuple[str, ...] = ()) -> RunningHost:
+    async def start(
+        body: str, wait_for: tuple[str, ...] = (), gateway_extra: str = ""
+    ) -> RunningHost:
         path = tmp_path / "xsoar-lr.yaml"
+        extra = f", {gateway_extra}" if gateway_extra else ""
         path.write_text(
             "state_dir: state\n"
-            'gateway: {listen: "ssl:0:interface=127.0.0.1"}\n' + dedent(body)
+            f'gateway: {{listen: "ssl:0:interface=127.0.0.1"{extra}}}\n'
+            + dedent(body)
         )
         service = HostService(load_config(path), reactor)
         service.supervisor.min_restart_delay = 0.2

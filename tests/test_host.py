@@ -281,3 +281,28 @@ def test_an_instance_reports_its_health_to_the_host() -> None:
     assert supervisor.snapshot()[0]["health"] == "The feed refuses our key."
     protocol.childDataReceived(CONTROL_FD, b"health null\n")
     assert supervisor.snapshot()[0]["health"] is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_lets_requests_in_flight_finish_first(
+    start_host: StartHost,
+) -> None:
+    from twisted.internet.defer import ensureDeferred
+
+    host = await start_host(four_instances())
+    slow = ensureDeferred(host.get("/instance/execute/echo?delay=1"))
+    await wait_until(lambda: host.service.gateway.in_flight() == 1)
+    stopping = host.service.stopService()
+    port = int(host.base.rsplit(":", 1)[1])
+
+    def refused() -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", port)) != 0
+
+    # New connections are refused; the request in flight goes on.
+    await wait_until(refused, what="the gateway to stop accepting")
+    assert not slow.called
+    code, body, _ = await slow
+    assert code == 200 and json.loads(body)["uri"] == "/?delay=1"
+    await stopping
+    assert {s["state"] for s in host.supervisor.snapshot()} == {"stopped"}

@@ -145,3 +145,29 @@ def test_list_builds_and_feed_pulls_are_counted_from_log_events() -> None:
     assert sample(
         text, "xsoar_lr_feed_pulls_total", feed="firehol", result="failed"
     ) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_instances_list_builds_reach_the_hosts_metrics(
+    start_host: StartHost,
+) -> None:
+    host = await start_host(
+        f"""
+        management: {{listen: "tcp:0:interface=127.0.0.1"}}
+        server_params: {{instance.execute.external: true}}
+        instances:
+          - {{name: edl, integration: edl, port: {free_port()}}}
+        """
+    )
+    assert (await host.get("/instance/execute/edl"))[0] == 200
+
+    async def built() -> float | None:
+        _, metrics = await manage(host, "/metrics")
+        return sample(metrics, "xsoar_lr_list_build_seconds_count", instance="edl")
+
+    for _ in range(200):
+        if await built() == 1:
+            break
+    _, metrics = await manage(host, "/metrics")
+    assert sample(metrics, "xsoar_lr_list_build_seconds_count", instance="edl") == 1
+    assert sample(metrics, "xsoar_lr_list_entries", instance="edl") == 0

@@ -154,3 +154,23 @@ async def test_sighup_and_the_reload_command_reach_a_twistd_host(
     stopped = xsoar_lr("status", "--config", str(path), "--json")
     assert stopped.returncode == 1
     assert json.loads(stopped.stdout)["running"] is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_reload_leaves_requests_in_flight_alone(
+    start_host: StartHost, tmp_path: Path
+) -> None:
+    from twisted.internet.defer import ensureDeferred
+
+    host = await start_host(BEFORE)
+    slow = [
+        ensureDeferred(host.get(f"/instance/execute/{name}?delay=1"))
+        for name in ("kept", "hidden")
+    ]
+    await wait_until(lambda: host.service.gateway.in_flight() == 2)
+    (tmp_path / "xsoar-lr.yaml").write_text(AFTER)
+    assert await host.service.reload() is True
+    for d in slow:
+        code, body, _ = await d
+        assert code == 200
+        assert json.loads(body)["uri"] == "/?delay=1"

@@ -123,6 +123,16 @@ def run(payload: dict[str, Any]) -> int:
     )
     site = Site(integration.make_resource(context))
     site.noisy = False
+    access_log = payload.get("access_log")
+    if access_log:
+        from xsoar_lr.accesslog import log_access_to
+
+        log_access_to(
+            site,
+            Path(access_log["path"]),
+            access_log["max_bytes"],
+            access_log["keep"],
+        )
     service = integration.make_service(context)
 
     interface = payload["interface"]

@@ -127,6 +127,24 @@ class RouteConfig:
     require_client_certificate: bool = False
 
 
+DEFAULT_SHUTDOWN_GRACE = 10.0
+
+
+@attrs.frozen
+class AccessLogConfig:
+    """
+    An access log file in the combined log format, rotated by size.
+
+    :ivar path: the file; rotated copies get C{.1}, C{.2}, ... after it.
+    :ivar max_bytes: the size at which the file is rotated.
+    :ivar keep: how many rotated copies are kept.
+    """
+
+    path: Path
+    max_bytes: int = 10 * 1024 * 1024
+    keep: int = 5
+
+
 @attrs.frozen
 class GatewayConfig:
     """
@@ -187,6 +205,8 @@ class GatewayConfig:
     auth_failure_limit: int = DEFAULT_AUTH_FAILURE_LIMIT
     auth_failure_window: float = DEFAULT_AUTH_FAILURE_WINDOW
     auth_failure_block: float = DEFAULT_AUTH_FAILURE_BLOCK
+    access_log: AccessLogConfig | None = None
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
 
     @property
     def port(self) -> int | None:
@@ -222,9 +242,12 @@ class InstanceConfig:
     private_key: Path | None = None
     params: Mapping[str, Any] = attrs.field(factory=dict)
     route: RouteConfig = attrs.field(factory=RouteConfig)
+    access_log: AccessLogConfig | None = None
 
 
 DEFAULT_MANAGEMENT_LISTEN = "tcp:9180:interface=127.0.0.1"
+DEFAULT_ACCESS_LOG_MAX_BYTES = 10 * 1024 * 1024
+DEFAULT_ACCESS_LOG_KEEP = 5
 
 
 @attrs.frozen
@@ -482,6 +505,8 @@ _GATEWAY_KEYS = (
     "auth_failure_limit",
     "auth_failure_window",
     "auth_failure_block",
+    "access_log",
+    "shutdown_grace",
 )
 _INSTANCE_KEYS = (
     "name",
@@ -492,7 +517,9 @@ _INSTANCE_KEYS = (
     "private_key",
     "params",
     "route",
+    "access_log",
 )
+_ACCESS_LOG_KEYS = ("path", "max_bytes", "keep")
 _LISTEN_KINDS = ("ssl", "tcp", "tcp6", "systemd", "unix")
 _SSL_OPTIONS_OF_OURS = ("privateKey", "certKey", "extraCertChain", "sslmethod")
 
@@ -725,7 +752,12 @@ class _Checker:
                 "PEM file of the authorities that sign client certificates.",
             )
         hsts = self.whole(raw, "hsts", "gateway", 0, 0, "seconds")
+        access_log = self.access_log(raw, "gateway")
         return GatewayConfig(
+            access_log=access_log,
+            shutdown_grace=self.number(
+                raw, "shutdown_grace", "gateway", DEFAULT_SHUTDOWN_GRACE
+            ),
             listen=listen,
             certificate=certificate,
             private_key=private_key,
@@ -945,6 +977,7 @@ class _Checker:
             private_key=private_key,
             params=params,
             route=self.instance_route(entry, where),
+            access_log=self.access_log(entry, where),
         )
 
     def instance_route(self, entry: Mapping[str, Any], where: str) -> RouteConfig:
@@ -1009,6 +1042,48 @@ class _Checker:
                     f"{where}: {p.message}",
                 )
             return dict(raw)
+
+    def access_log(
+        self, mapping: Mapping[str, Any], where: str
+    ) -> AccessLogConfig | None:
+        raw = mapping.get("access_log")
+        if raw is None:
+            return None
+        line = _line(mapping, "access_log")
+        if isinstance(raw, str):
+            raw = {"path": raw}
+        if not isinstance(raw, Mapping):
+            self.problem(
+                line,
+                f"{where}: 'access_log' must be a file path or a mapping with "
+                f"path, max_bytes and keep, not {raw!r}.",
+            )
+            return None
+        self.unknown_keys(raw, _ACCESS_LOG_KEYS, f"{where}: access_log")
+        path = self.path(raw.get("path"), line, f"{where}: access_log 'path'")
+        if path is None:
+            self.problem(line, f"{where}: 'access_log' needs a 'path'.")
+            return None
+        if not path.parent.is_dir():
+            self.problem(
+                line,
+                f"{where}: the folder of the access log {str(path)!r} does not "
+                "exist; create it or choose another path.",
+            )
+        return AccessLogConfig(
+            path=path,
+            max_bytes=self.whole(
+                raw,
+                "max_bytes",
+                f"{where}: access_log",
+                DEFAULT_ACCESS_LOG_MAX_BYTES,
+                1024,
+                "bytes",
+            ),
+            keep=self.whole(
+                raw, "keep", f"{where}: access_log", DEFAULT_ACCESS_LOG_KEEP, 0, "files"
+            ),
+        )
 
     def management(self, raw: Any) -> ManagementConfig | None:
         if raw is None:

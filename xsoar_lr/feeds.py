@@ -408,6 +408,8 @@ class FeedService(Service):
                 "Feed {feed} failed: {reason} Its last good list is kept.",
                 feed=feed.name,
                 reason=str(e),
+                metric="feed_pull",
+                result="failed",
             )
             report = None
         except Exception as e:
@@ -419,6 +421,8 @@ class FeedService(Service):
             log.failure(
                 "Feed {feed} failed; its last good list is kept",
                 feed=feed.name,
+                metric="feed_pull",
+                result="failed",
             )
             report = None
         else:
@@ -456,7 +460,12 @@ class FeedService(Service):
         if response.code == 304:
             yield treq.content(response)
             state.not_modified += 1
-            log.info("Feed {feed} has not changed", feed=feed.name)
+            log.info(
+                "Feed {feed} has not changed",
+                feed=feed.name,
+                metric="feed_pull",
+                result="unchanged",
+            )
             return None
         if not 200 <= response.code < 300:
             yield treq.content(response)
@@ -489,7 +498,11 @@ class FeedService(Service):
         state.last_modified = _header(response, b"last-modified")
         state.last_report = report
         log.info(
-            "Feed {feed} pulled: {summary}", feed=feed.name, summary=report.summary()
+            "Feed {feed} pulled: {summary}",
+            feed=feed.name,
+            summary=report.summary(),
+            metric="feed_pull",
+            result="changed",
         )
         for reject in report.rejected[:20]:
             log.debug(

@@ -43,6 +43,7 @@ from xsoar_lr.gateway import (
     make_agent,
     make_gateway_site,
 )
+from xsoar_lr.accesslog import log_access_to
 from xsoar_lr.management import HostMetrics, make_management_site
 from xsoar_lr.status import write_status
 from xsoar_lr.supervisor import InstanceSupervisor, ProcessSpec
@@ -108,6 +109,13 @@ def instance_payload(config: Config, instance: InstanceConfig) -> dict[str, Any]
         "state_dir": str(config.instance_state_dir(instance.name)),
         "store_path": str(config.store_path),
         "route": route_for(instance.name) if config.is_routed(instance.name) else None,
+        "access_log": None
+        if instance.access_log is None
+        else {
+            "path": str(instance.access_log.path),
+            "max_bytes": instance.access_log.max_bytes,
+            "keep": instance.access_log.keep,
+        },
     }
 
 
@@ -229,6 +237,11 @@ class GatewayService(Service):
             self.table, self.config.gateway, self.reactor, self.policy
         )
         self.site.metrics = self.metrics
+        access_log = self.config.gateway.access_log
+        if access_log is not None:
+            log_access_to(
+                self.site, access_log.path, access_log.max_bytes, access_log.keep
+            )
         results: list[Any] = []
         endpoint.listen(self.site).addBoth(results.append)
         if results and isinstance(results[0], Failure):
@@ -302,6 +315,48 @@ class GatewayService(Service):
             return None
         port: int | None = getattr(self.listening_port.getHost(), "port", None)
         return port
+
+    def stop_accepting(self) -> Deferred[None]:
+        """
+        Close the listening socket; connections already open go on.
+        """
+        if self.listening_port is None:
+            return succeed(None)
+        port, self.listening_port = self.listening_port, None
+        self.log.info("Gateway stopped accepting connections")
+        d: Deferred[None] = maybeDeferred(port.stopListening)
+        return d
+
+    def in_flight(self) -> int:
+        """
+        How many requests are being relayed to instances now.
+        """
+        return sum(route.active for route in self.table.routes.values())
+
+    def drained(self, grace: float) -> Deferred[None]:
+        """
+        Fire once no request is in flight, or after C{grace} seconds.
+        """
+        deadline = self.reactor.seconds() + grace
+        done: Deferred[None] = Deferred()
+
+        def check() -> None:
+            left = self.in_flight()
+            if left == 0:
+                done.callback(None)
+            elif self.reactor.seconds() >= deadline:
+                self.log.warn(
+                    "Stopping with {count} request(s) still in flight after "
+                    "{grace} seconds",
+                    count=left,
+                    grace=grace,
+                )
+                done.callback(None)
+            else:
+                self.reactor.callLater(0.05, check)
+
+        check()
+        return done
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
@@ -500,11 +555,20 @@ class HostService(MultiService):
         self.write_status()
 
     def stopService(self) -> Deferred[None]:
-        d: Deferred[None] = super().stopService()
+        """
+        Stop gracefully: the gateway stops accepting connections, requests
+        in flight get up to C{gateway.shutdown_grace} seconds to finish,
+        then the feeds and the instances stop.
+        """
+        grace = self.config.gateway.shutdown_grace
+        d = self.gateway.stop_accepting()
+        d.addCallback(lambda _: self.gateway.drained(grace))
+        d.addCallback(lambda _: MultiService.stopService(self))
 
-        def stopped(result: object) -> None:
+        def stopped(result: object) -> object:
             globalLogPublisher.removeObserver(self.metrics)
             self.write_status()
+            return result
 
         d.addBoth(stopped)
         return d

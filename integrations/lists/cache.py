@@ -192,6 +192,7 @@ class ListCache:
             entries=built.entries,
             origin=built.origin_size,
             seconds=built.query_seconds,
+            metric="list_build",
         )
         self._lists[built.settings] = built
         self._lists.move_to_end(built.settings)
@@ -360,6 +361,7 @@ class OnDemandList:
             "Built the on-demand list: {entries} entries in {seconds:.3f} s",
             entries=built.entries,
             seconds=built.query_seconds,
+            metric="list_build",
         )
         return built
 
