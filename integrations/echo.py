@@ -51,7 +51,8 @@ class EchoResource(Resource):
         self.reactor = reactor
 
     def render(self, request: Request) -> bytes | int:
-        delay = request.args.get(b"delay", [b""])[0]
+        arguments: dict[bytes, list[bytes]] = request.args or {}
+        delay = arguments.get(b"delay", [b""])[0]
         if delay and self.reactor is not None:
             try:
                 seconds = min(max(float(delay), 0.0), MAX_DELAY)
@@ -72,7 +73,7 @@ class EchoResource(Resource):
         """
         The JSON description of C{request}, with the status code set.
         """
-        body = request.content.read()
+        body = request.content.read() if request.content is not None else b""
         try:
             text: str | None = body.decode("utf-8")
         except UnicodeDecodeError:

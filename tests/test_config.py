@@ -168,7 +168,7 @@ def test_every_problem_is_reported_at_once_with_its_line() -> None:
     )
     assert found == [
         "test.yaml:2: the top level: unknown key 'stat_dir'; the known keys are "
-        "state_dir, gateway, server_params, instances, feeds. Did you mean "
+        "state_dir, gateway, server_params, instances, feeds, management. Did you mean "
         "'state_dir'?",
         "test.yaml:6: server_params: unknown key 'instance.execute.externall'; the "
         "gateway reads 'instance.execute.external' and "
@@ -183,7 +183,8 @@ def test_every_problem_is_reported_at_once_with_its_line() -> None:
         "test.yaml:14: instance 'b/c': a name may hold any printable characters "
         "but '/'.",
         "test.yaml:17: instance 'b/c': unknown key 'prams'; the known keys are "
-        "name, integration, port, interface, certificate, private_key, params, route. "
+        "name, integration, port, interface, certificate, private_key, params, route, "
+        "access_log. "
         "Did you mean 'params'?",
         "test.yaml:20: instance 'd': port 7001 is already used by instance 'b/c'; "
         "give each instance its own port.",

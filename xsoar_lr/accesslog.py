@@ -34,4 +34,4 @@ def log_access_to(site: HTTPFactory, path: Path, max_bytes: int, keep: int) -> N
 
     site.logPath = str(path)
     # HTTPFactory documents _openLogFile as the hook for other log files.
-    site._openLogFile = open_log_file  # type: ignore[method-assign]
+    site._openLogFile = open_log_file  # type: ignore[method-assign,assignment]

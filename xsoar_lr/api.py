@@ -89,9 +89,9 @@ from __future__ import annotations
 
 import copy
 import importlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import attrs
 from twisted.logger import Logger
@@ -127,6 +127,13 @@ _T = TypeVar("_T")
 
 #: What the host shows instead of a secret value.
 MASK = "********"
+
+
+def _as_tuple(values: Iterable[Any]) -> tuple[Any, ...]:
+    """
+    Keep a parameter's choices as a tuple, whatever sequence was given.
+    """
+    return tuple(values)
 
 
 @attrs.frozen
@@ -208,7 +215,7 @@ class Parameter:
     )
     default: Any = None
     required: bool = False
-    choices: tuple[Any, ...] = attrs.field(default=(), converter=tuple)
+    choices: tuple[Any, ...] = attrs.field(default=(), converter=_as_tuple)
     secret: bool = False
     minimum: float | None = None
     description: str = ""
@@ -270,7 +277,7 @@ class Parameter:
         if not isinstance(value, _KINDS[self.kind]):
             raise ValueError(f"expected a value of kind {self.kind}, not {shown}")
         if self.kind == "list":
-            value = [str(item) for item in value]
+            value = [str(item) for item in cast(Iterable[Any], value)]
         if self.choices and value not in self.choices:
             accepted = ", ".join(repr(c) for c in self.choices)
             raise ValueError(f"{shown} is not one of {accepted}")

@@ -76,7 +76,7 @@ def run(payload: dict[str, Any]) -> int:
 
     :returns: the process exit code.
     """
-    from twisted.internet import reactor
+    from twisted.internet import reactor as _reactor
     from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
     from twisted.internet.endpoints import TCP6ServerEndpoint
     from twisted.internet.stdio import StandardIO
@@ -84,6 +84,7 @@ def run(payload: dict[str, Any]) -> int:
 
     from xsoar_lr.api import InstanceContext, ParameterError, find_integrations
 
+    reactor: Any = _reactor
     name = payload["name"]
     exit_code = [0]
 
@@ -104,7 +105,9 @@ def run(payload: dict[str, Any]) -> int:
     state_dir = Path(payload["state_dir"])
     state_dir.mkdir(parents=True, exist_ok=True)
     store_path = Path(payload["store_path"])
-    control = StandardIO(_HostPipe(reactor), stdin=0, stdout=CONTROL_FD, reactor=reactor)
+    control = StandardIO(  # type: ignore[call-arg]
+        _HostPipe(reactor), stdin=0, stdout=CONTROL_FD, reactor=reactor
+    )
 
     def report_health(problem: str | None) -> None:
         line = b"health " + json.dumps(problem).encode() + b"\n"

@@ -79,8 +79,9 @@ def makeService(options: Options) -> IService:
     Build the host from the configuration the options name; a configuration
     with problems is reported on standard error and twistd exits with 1.
     """
-    from twisted.internet import reactor
+    from twisted.internet import reactor as _reactor
 
+    reactor: Any = _reactor
     try:
         config = load_config(options["config"])
     except ConfigError as e:
@@ -629,12 +630,9 @@ class HostService(MultiService):
         for name in plan.removed:
             stopping.append(self.supervisor.remove(name))
         for name in plan.changed:
+            spec = self.process_spec(new, new.instance(name))
             d = self.supervisor.remove(name)
-            d.addCallback(
-                lambda _, name=name: self.supervisor.add(
-                    self.process_spec(new, new.instance(name))
-                )
-            )
+            d.addCallback(lambda _, spec: self.supervisor.add(spec), spec)
             stopping.append(d)
         for name in plan.added:
             self.supervisor.add(self.process_spec(new, new.instance(name)))

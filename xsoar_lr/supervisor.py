@@ -25,7 +25,7 @@ import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
-from twisted.internet.interfaces import IDelayedCall, IReactorProcess, IReactorTime
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import InvalidLogLevelError, Logger, LogLevel
 from twisted.python.failure import Failure
@@ -141,12 +141,12 @@ class _InstanceProtocol(ProcessProtocol):
                 stream="stdout" if fd == 1 else "stderr",
             )
             return
-        level, line, fields = record
+        level, message, fields = record
         self.log.emit(
             level,
             "[{instance}] {line}",
             instance=self.name,
-            line=line,
+            line=message,
             child_namespace=fields.pop("namespace", None),
             child_fields=fields,
             **({"metric": fields["metric"]} if "metric" in fields else {}),
@@ -222,7 +222,7 @@ class InstanceSupervisor(Service):
 
     def __init__(
         self,
-        reactor: IReactorProcess | IReactorTime | Any,
+        reactor: Any,
         command: list[str] | None = None,
         environment: Mapping[str, str] | None = None,
         on_change: Callable[[], None] | None = None,

@@ -59,7 +59,7 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
-from zope.interface import provider
+from zope.interface import implementer
 
 from xsoar_lr.api import (
     IIntegration,
@@ -176,7 +176,7 @@ def resolve_integration(integration: str | IIntegration | types.ModuleType) -> A
     return integration
 
 
-@provider(ILogObserver)
+@implementer(ILogObserver)
 class _Capture:
     """
     Keeps the events an instance logs.
@@ -714,8 +714,8 @@ async def serve_behind_gateway(
     )
 
     async def stop() -> None:
-        await gateway_port.stopListening()
-        await instance_port.stopListening()
+        await maybeDeferred(gateway_port.stopListening)
+        await maybeDeferred(instance_port.stopListening)
         await agent._pool.closeCachedConnections()  # type: ignore[attr-defined]
         await client_pool.closeCachedConnections()
 
@@ -730,8 +730,8 @@ async def serve_behind_gateway(
 
     routed = RoutedInstance(
         instance,
-        gateway_port.getHost().port,
-        instance_port.getHost().port,
+        gateway_port.getHost().port,  # type: ignore[attr-defined]
+        instance_port.getHost().port,  # type: ignore[attr-defined]
         pair.certificate_path,
         client,
         stop_once,

@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -281,13 +282,7 @@ def _signature(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int], ...]:
     return tuple(result)
 
 
-def _connection_creator_interface() -> Any:
-    from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
-
-    return IOpenSSLServerConnectionCreator
-
-
-@implementer(_connection_creator_interface())
+@implementer(IOpenSSLServerConnectionCreator)
 class ReloadingServerTLS:
     """
     The gateway's TLS: each new connection gets the context made from the
