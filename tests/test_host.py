@@ -306,3 +306,28 @@ async def test_stopping_lets_requests_in_flight_finish_first(
     assert code == 200 and json.loads(body)["uri"] == "/?delay=1"
     await stopping
     assert {s["state"] for s in host.supervisor.snapshot()} == {"stopped"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_instance_with_its_own_certificate_serves_https_on_its_port(
+    start_host: StartHost, tmp_path: Path
+) -> None:
+    from xsoar_lr.tls import ensure_self_signed
+
+    pair, _ = ensure_self_signed(tmp_path / "instance-tls")
+    port = free_port()
+    host = await start_host(
+        f"""
+        instances:
+          - name: direct
+            integration: echo
+            port: {port}
+            certificate: {pair.certificate_path}
+            private_key: {pair.key_path}
+        """
+    )
+    client = tls_client(pair.certificate_path)
+    response = await client.get(f"https://127.0.0.1:{port}/direct?x=1")
+    assert response.code == 200
+    assert json.loads(await response.text())["uri"] == "/direct?x=1"
+    assert (await host.get("/instance/execute/direct"))[0] == 404
