@@ -174,3 +174,54 @@ async def test_a_reload_leaves_requests_in_flight_alone(
         code, body, _ = await d
         assert code == 200
         assert json.loads(body)["uri"] == "/?delay=1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_feed_added_by_a_reload_is_pulled_and_served(
+    start_host: StartHost, tmp_path: Path
+) -> None:
+    from twisted.internet import reactor
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    class Listing(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: object) -> bytes:
+            return b"198.51.100.1\n198.51.100.2\n"
+
+    feed = Resource()
+    feed.putChild(b"list.txt", Listing())
+    server = reactor.listenTCP(0, Site(feed), interface="127.0.0.1")
+    try:
+        edl = free_port()
+        body = f"""
+        server_params: {{instance.execute.external: true}}
+        instances:
+          - {{name: edl, integration: edl, port: {edl}}}
+        """
+        host = await start_host(body)
+        assert host.service.feeds is None
+        path = tmp_path / "xsoar-lr.yaml"
+        url = f"http://127.0.0.1:{server.getHost().port}/list.txt"
+        path.write_text(
+            path.read_text()
+            + f"feeds:\n  - {{name: local, url: '{url}', interval: 1h}}\n"
+        )
+        assert await host.service.reload() is True
+        assert host.service.feeds is not None
+        assert host.supervisor.pid("edl") is not None
+        last = read_host_status(host.service.config.state_dir)["last_reload"]
+        assert last["changes"] == ["feeds replaced"]
+
+        async def served() -> list[str]:
+            code, text, _ = await host.get("/instance/execute/edl?nocache")
+            assert code == 200
+            return sorted(text.split())
+
+        for _ in range(200):
+            if await served() == ["198.51.100.1", "198.51.100.2"]:
+                break
+        assert await served() == ["198.51.100.1", "198.51.100.2"]
+    finally:
+        await server.stopListening()
