@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import json
-
 from typing import Any
 
 from twisted.web.resource import IResource, Resource

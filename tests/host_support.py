@@ -11,9 +11,9 @@ from textwrap import dedent
 from typing import Any
 
 import pytest_twisted
+from gateway_support import text_of, tls_client, wait_until
 from twisted.internet import reactor
 
-from gateway_support import text_of, tls_client, wait_until
 from xsoar_lr.config import load_config
 from xsoar_lr.service import HostService
 from xsoar_lr.supervisor import InstanceState
@@ -55,8 +55,7 @@ async def start_host(tmp_path: Path) -> AsyncIterator[StartHost]:
         extra = f", {gateway_extra}" if gateway_extra else ""
         path.write_text(
             "state_dir: state\n"
-            f'gateway: {{listen: "ssl:0:interface=127.0.0.1"{extra}}}\n'
-            + dedent(body)
+            f'gateway: {{listen: "ssl:0:interface=127.0.0.1"{extra}}}\n' + dedent(body)
         )
         service = HostService(load_config(path), reactor)
         service.supervisor.min_restart_delay = 0.2
@@ -74,5 +73,3 @@ async def start_host(tmp_path: Path) -> AsyncIterator[StartHost]:
     yield start
     for service in started:
         await service.stopService()
-
-

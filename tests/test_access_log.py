@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-
 from gateway_support import free_port, wait_until
 from host_support import StartHost, start_host  # noqa: F401 (fixture)
+
 from xsoar_lr.config import ConfigError, parse_config
 
 COMBINED = re.compile(

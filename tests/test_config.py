@@ -101,7 +101,9 @@ def test_server_parameters_follow_xsoar(
 
 
 @pytest.mark.parametrize("value", [True, "true", "True", "TRUE", " true "])
-def test_server_parameters_accept_booleans_and_true_false_strings(value: object) -> None:
+def test_server_parameters_accept_booleans_and_true_false_strings(
+    value: object,
+) -> None:
     config = parse(
         f"""
         server_params:
@@ -297,7 +299,9 @@ def test_relative_paths_start_from_the_files_folder(tmp_path: Path) -> None:
     path = tmp_path / "conf" / "x.yaml"
     path.parent.mkdir()
     path.write_text("state_dir: ../state\n")
-    assert load_config(path, INTEGRATIONS).state_dir == tmp_path / "conf" / ".." / "state"
+    assert (
+        load_config(path, INTEGRATIONS).state_dir == tmp_path / "conf" / ".." / "state"
+    )
 
 
 def test_the_embedded_configuration_routes_an_edl_instance(

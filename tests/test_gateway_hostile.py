@@ -14,14 +14,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.protocol import Factory, Protocol
-from twisted.web.iweb import IBodyProducer
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
-from zope.interface import implementer
-
 from gateway_support import (
     GatewayHarness,
     failures_in,
@@ -31,6 +23,14 @@ from gateway_support import (
     text_of,
     wait_until,
 )
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.web.iweb import IBodyProducer
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+from zope.interface import implementer
+
 from integrations.echo import EchoResource
 from xsoar_lr.config import GatewayConfig, RouteConfig
 from xsoar_lr.tls import ensure_self_signed
@@ -310,13 +310,12 @@ async def held_steady(pump: _Pump, polls: int = 25) -> None:
 async def test_a_slow_client_of_a_100_mb_body_holds_the_instance_back(
     gw: Hostile,
 ) -> None:
+    from gateway_support import client_tls_options
     from twisted.internet.endpoints import (
         TCP4ClientEndpoint,
         connectProtocol,
         wrapClientTLS,
     )
-
-    from gateway_support import client_tls_options
 
     reader = Reader()
     endpoint = wrapClientTLS(

@@ -15,11 +15,6 @@ from typing import Any
 import netaddr
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
-
 from gateway_support import (
     GatewayHarness,
     failures_in,
@@ -29,6 +24,11 @@ from gateway_support import (
     text_of,
     wait_until,
 )
+from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+
 from integrations.echo import EchoResource
 from xsoar_lr.config import GatewayConfig, RouteConfig
 from xsoar_lr.tls import ensure_self_signed

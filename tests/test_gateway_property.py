@@ -9,19 +9,19 @@ a traceback, and never lets one instance's answer out on another route.
 from __future__ import annotations
 
 import json
-from urllib.parse import unquote_to_bytes
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import pytest
 import pytest_twisted
+from gateway_support import GatewayHarness, failures_in, log_capture
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor, threads
 from twisted.internet.defer import ensureDeferred
 from twisted.web.server import Site
 
-from gateway_support import GatewayHarness, failures_in, log_capture
 from integrations.echo import EchoResource
 from xsoar_lr.config import GatewayConfig, RouteConfig
 from xsoar_lr.tls import ensure_self_signed

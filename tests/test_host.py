@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.logger import globalLogPublisher
-
 from gateway_support import free_port, tls_client, wait_until
 from host_support import StartHost, start_host  # noqa: F401 (fixture)
+from twisted.logger import globalLogPublisher
+
 from xsoar_lr.status import read_status
 from xsoar_lr.supervisor import InstanceState
 
@@ -207,7 +207,9 @@ def test_twistd_reports_every_configuration_problem_and_starts_nothing(
     assert process.returncode == 1
     report = err.decode()
     assert "The configuration has 2 problems:" in report
-    assert f"{path}:3: server_params: 'instance.execute.external' must be true" in report
+    assert (
+        f"{path}:3: server_params: 'instance.execute.external' must be true" in report
+    )
     assert f"{path}:5: instance 'a': 'port' must be a whole number" in report
     assert not (tmp_path / "state").exists()
 
@@ -232,8 +234,10 @@ async def test_twistd_runs_the_host_and_stops_it_cleanly(tmp_path: Path) -> None
     state_dir = tmp_path / "state"
     try:
         await wait_until(
-            lambda: process.poll() is not None
-            or any(s["state"] == "running" for s in read_status(state_dir)),
+            lambda: (
+                process.poll() is not None
+                or any(s["state"] == "running" for s in read_status(state_dir))
+            ),
             what="twistd to start the instance",
         )
         assert process.poll() is None, process.communicate()

@@ -15,9 +15,9 @@ from pathlib import Path
 from textwrap import dedent
 
 import pytest_twisted
+from gateway_support import free_port, tls_client, wait_until
 from twisted.logger import Logger, LogPublisher
 
-from gateway_support import free_port, tls_client, wait_until
 from xsoar_lr.logs import JSONLinesObserver
 from xsoar_lr.status import read_status
 
@@ -31,7 +31,7 @@ def test_events_become_one_json_object_per_line() -> None:
     log = Logger(namespace="xsoar_lr.test", observer=publisher)
     log.warn("Instance {instance} exited with {how}", instance="My EDL", how="code 3")
     try:
-        1 / 0
+        raise ZeroDivisionError("division by zero")
     except ZeroDivisionError:
         log.failure("Proxying to {instance} failed", instance="edl")
     log.info("Password {password} was given", password=SECRET)
@@ -87,10 +87,12 @@ async def test_a_host_logs_json_lines_attributed_and_without_secrets(
     state = tmp_path / "state"
     try:
         await wait_until(
-            lambda: process.poll() is not None
-            or (
-                len(read_status(state)) == 2
-                and all(s["state"] == "running" for s in read_status(state))
+            lambda: (
+                process.poll() is not None
+                or (
+                    len(read_status(state)) == 2
+                    and all(s["state"] == "running" for s in read_status(state))
+                )
             ),
             what="the host to start",
         )

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest_twisted
 import treq
-from twisted.logger import Logger
-
 from gateway_support import free_port, wait_until
 from host_support import RunningHost, StartHost, start_host  # noqa: F401 (fixture)
+from twisted.logger import Logger
+
 from xsoar_lr.management import HostMetrics
 from xsoar_lr.supervisor import InstanceState
 
@@ -108,18 +108,26 @@ async def test_metrics_count_known_traffic(start_host: StartHost) -> None:
 
     code, metrics = await manage(host, "/metrics")
     assert code == 200
-    assert sample(
-        metrics, "xsoar_lr_gateway_requests_total", instance="echo", code="200"
-    ) == 3
-    assert sample(
-        metrics, "xsoar_lr_gateway_requests_total", instance="teapot", code="418"
-    ) == 1
-    assert sample(
-        metrics, "xsoar_lr_gateway_requests_total", instance="-", code="404"
-    ) == 1
-    assert sample(
-        metrics, "xsoar_lr_gateway_upstream_latency_seconds_count", instance="echo"
-    ) == 3
+    assert (
+        sample(metrics, "xsoar_lr_gateway_requests_total", instance="echo", code="200")
+        == 3
+    )
+    assert (
+        sample(
+            metrics, "xsoar_lr_gateway_requests_total", instance="teapot", code="418"
+        )
+        == 1
+    )
+    assert (
+        sample(metrics, "xsoar_lr_gateway_requests_total", instance="-", code="404")
+        == 1
+    )
+    assert (
+        sample(
+            metrics, "xsoar_lr_gateway_upstream_latency_seconds_count", instance="echo"
+        )
+        == 3
+    )
     assert sample(metrics, "xsoar_lr_gateway_response_bytes_total", instance="echo")
     assert sample(metrics, "xsoar_lr_instance_up", instance="echo") == 1
     assert sample(metrics, "xsoar_lr_instance_restarts_total", instance="echo") == 0
@@ -142,9 +150,9 @@ def test_list_builds_and_feed_pulls_are_counted_from_log_events() -> None:
     text = metrics.exposition().decode()
     assert sample(text, "xsoar_lr_list_entries", instance="edl") == 2500
     assert sample(text, "xsoar_lr_list_build_seconds_count", instance="edl") == 1
-    assert sample(
-        text, "xsoar_lr_feed_pulls_total", feed="firehol", result="failed"
-    ) == 1
+    assert (
+        sample(text, "xsoar_lr_feed_pulls_total", feed="firehol", result="failed") == 1
+    )
 
 
 @pytest_twisted.ensureDeferred

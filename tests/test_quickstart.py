@@ -11,13 +11,11 @@ import shutil
 import sys
 from pathlib import Path
 
-import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.utils import getProcessOutputAndValue
-
 from gateway_support import free_port
 from host_support import RunningHost, StartHost, start_host  # noqa: F401 (fixture)
+from twisted.internet import reactor
+from twisted.internet.utils import getProcessOutputAndValue
 
 
 async def run(*argv: str) -> tuple[int, str, str]:

@@ -13,9 +13,9 @@ from pathlib import Path
 from textwrap import dedent
 
 import pytest_twisted
-
 from gateway_support import free_port, wait_until
 from host_support import StartHost, start_host  # noqa: F401 (fixture)
+
 from xsoar_lr.status import read_host_status, read_status
 from xsoar_lr.supervisor import InstanceState
 
@@ -56,9 +56,7 @@ async def test_a_reload_applies_only_the_difference(
     (tmp_path / "xsoar-lr.yaml").write_text(AFTER)
     assert await host.service.reload() is True
     await wait_until(
-        lambda: all(
-            host.state(n) is InstanceState.RUNNING for n in ("changed", "new")
-        ),
+        lambda: all(host.state(n) is InstanceState.RUNNING for n in ("changed", "new")),
         what="the restarted and new instances",
     )
 
@@ -90,9 +88,7 @@ async def test_a_broken_file_changes_nothing_and_says_why(
     pids = {s["name"]: s["pid"] for s in host.supervisor.snapshot()}
     path = tmp_path / "xsoar-lr.yaml"
     path.write_text(
-        AFTER.replace("status: 202", "status: lots").replace(
-            "name: new", "name: kept"
-        )
+        AFTER.replace("status: 202", "status: lots").replace("name: new", "name: kept")
     )
     assert await host.service.reload() is False
     assert {s["name"]: s["pid"] for s in host.supervisor.snapshot()} == pids
@@ -129,8 +125,10 @@ async def test_sighup_and_the_reload_command_reach_a_twistd_host(
     state = tmp_path / "state"
     try:
         await wait_until(
-            lambda: len(read_status(state)) == 4
-            and all(s["state"] == "running" for s in read_status(state)),
+            lambda: (
+                len(read_status(state)) == 4
+                and all(s["state"] == "running" for s in read_status(state))
+            ),
             what="the host to start",
         )
         status = xsoar_lr("status", "--config", str(path))

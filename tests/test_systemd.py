@@ -16,8 +16,8 @@ from textwrap import dedent
 
 import pytest
 import pytest_twisted
-
 from gateway_support import free_port, tls_client, wait_until
+
 from xsoar_lr.cli import main
 from xsoar_lr.status import read_status
 
@@ -45,9 +45,7 @@ def test_the_service_unit_runs_this_twistd_hardened(
     assert main(["systemd-unit", "--config", str(path), "--user", "svc"]) == 0
     unit = capsys.readouterr().out
     twistd = Path(sys.executable).parent / "twistd"
-    assert (
-        f"ExecStart={twistd} --nodaemon --pidfile= xsoar-lr --config {path}" in unit
-    )
+    assert f"ExecStart={twistd} --nodaemon --pidfile= xsoar-lr --config {path}" in unit
     for line in (
         "User=svc",
         "Restart=on-failure",
@@ -92,9 +90,12 @@ def test_systemd_analyze_accepts_the_units(
 ) -> None:
     path = write_config(tmp_path, "systemd:domain=INET:name=gateway")
     (tmp_path / "state").mkdir()
-    assert main(
-        ["systemd-unit", "--config", str(path), "--socket", "443", "--user", "root"]
-    ) == 0
+    assert (
+        main(
+            ["systemd-unit", "--config", str(path), "--socket", "443", "--user", "root"]
+        )
+        == 0
+    )
     service, socket_part = capsys.readouterr().out.split(
         "# /etc/systemd/system/xsoar-lr.socket\n"
     )
@@ -165,8 +166,10 @@ async def test_the_gateway_serves_on_a_socket_passed_as_systemd_does(
     state = tmp_path / "state"
     try:
         await wait_until(
-            lambda: process.poll() is not None
-            or any(s["state"] == "running" for s in read_status(state)),
+            lambda: (
+                process.poll() is not None
+                or any(s["state"] == "running" for s in read_status(state))
+            ),
             what="the host to start",
         )
         assert process.poll() is None

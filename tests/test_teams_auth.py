@@ -12,11 +12,6 @@ from typing import Any
 import jwt
 import pytest
 import pytest_twisted
-from twisted.internet import defer
-from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher, formatEvent
-
-from integrations.teams.auth import AuthenticationError, BotAuthenticator, OpenIDKeys
 from test_teams_support import (
     APP_ID,
     KEY_A,
@@ -25,12 +20,17 @@ from test_teams_support import (
     FakeMicrosoft,
     SigningKeyPair,
     activity,
+    host_dir,
     http_client,
     make_token,
     microsoft,
     served,
-    host_dir,
 )
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
+
+from integrations.teams.auth import AuthenticationError, BotAuthenticator, OpenIDKeys
 
 __all__ = ["microsoft", "served", "host_dir"]
 

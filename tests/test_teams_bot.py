@@ -13,13 +13,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred
-
-from integrations.teams.bot import strip_bot_mention
-from integrations.teams.commands import guess_indicator_type
-from integrations.teams.references import ConversationReferences
-from xsoar_lr.indicators import Indicator, IndicatorType, Score
-from xsoar_lr.store import IndicatorStore, store_path
 from test_teams_support import (
     BOT_ID,
     TEAM_ID,
@@ -35,6 +28,13 @@ from test_teams_support import (
     served,
     start_bot,
 )
+from twisted.internet.defer import Deferred
+
+from integrations.teams.bot import strip_bot_mention
+from integrations.teams.commands import guess_indicator_type
+from integrations.teams.references import ConversationReferences
+from xsoar_lr.indicators import Indicator, IndicatorType, Score
+from xsoar_lr.store import IndicatorStore, store_path
 
 __all__ = ["host_dir", "microsoft", "served"]
 

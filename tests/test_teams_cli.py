@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import pytest_twisted
 import yaml
+from test_teams_support import APP_ID, SECRET, TEAM_ID, TENANT, FakeMicrosoft, microsoft
 from twisted.internet.utils import getProcessOutputAndValue
 
 from integrations.teams.references import ConversationReferences
 from xsoar_lr.commands.teams import add_commands
-from test_teams_support import APP_ID, SECRET, TEAM_ID, TENANT, FakeMicrosoft, microsoft
 
 __all__ = ["microsoft"]
 

@@ -11,6 +11,14 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from test_teams_support import (
+    APP_ID,
+    SECRET,
+    TENANT,
+    FakeMicrosoft,
+    http_client,
+    microsoft,
+)
 from twisted.internet.task import Clock
 
 from integrations.teams.connector import (
@@ -19,14 +27,6 @@ from integrations.teams.connector import (
     TokenError,
     TokenSource,
     retry_after_seconds,
-)
-from test_teams_support import (
-    APP_ID,
-    SECRET,
-    TENANT,
-    FakeMicrosoft,
-    http_client,
-    microsoft,
 )
 
 __all__ = ["microsoft"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest_twisted
-
 from gateway_support import free_port, wait_until
 from host_support import StartHost, start_host  # noqa: F401 (fixture)
 from test_teams_support import (  # noqa: F401 (fixture)

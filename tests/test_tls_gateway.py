@@ -21,10 +21,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from twisted.internet import reactor, threads
-from twisted.internet.ssl import PrivateCertificate
-from twisted.web.server import Site
-
 from gateway_support import (
     GatewayHarness,
     log_capture,
@@ -32,6 +28,10 @@ from gateway_support import (
     status_of,
     wait_until,
 )
+from twisted.internet import reactor, threads
+from twisted.internet.ssl import PrivateCertificate
+from twisted.web.server import Site
+
 from integrations.echo import EchoResource
 from xsoar_lr.config import GatewayConfig, RouteConfig, load_config
 from xsoar_lr.service import GatewayService

@@ -101,8 +101,8 @@ from zope.interface import Attribute, Interface, implementer
 if TYPE_CHECKING:
     from twisted.application.service import IService
     from twisted.internet.defer import Deferred
-    from twisted.web.server import Request
     from twisted.web.resource import IResource
+    from twisted.web.server import Request
 
     from xsoar_lr.kvstate import KeyValueState
     from xsoar_lr.store import IndicatorStore

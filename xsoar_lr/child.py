@@ -19,9 +19,9 @@ from typing import Any
 from twisted.internet.protocol import Protocol
 from twisted.logger import (
     FilteringLogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
-    Logger,
     globalLogBeginner,
 )
 from twisted.python.failure import Failure
@@ -77,8 +77,11 @@ def run(payload: dict[str, Any]) -> int:
     :returns: the process exit code.
     """
     from twisted.internet import reactor as _reactor
-    from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
-    from twisted.internet.endpoints import TCP6ServerEndpoint
+    from twisted.internet.endpoints import (
+        SSL4ServerEndpoint,
+        TCP4ServerEndpoint,
+        TCP6ServerEndpoint,
+    )
     from twisted.internet.stdio import StandardIO
     from twisted.web.server import Site
 

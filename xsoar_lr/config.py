@@ -416,7 +416,9 @@ def _file_name(name: str) -> str:
     one with spaces) can leave the instances folder.
     """
     return "".join(
-        chr(b) if chr(b).isascii() and (chr(b).isalnum() or chr(b) in "-_") else f"%{b:02X}"
+        chr(b)
+        if chr(b).isascii() and (chr(b).isalnum() or chr(b) in "-_")
+        else f"%{b:02X}"
         for b in name.encode("utf-8")
     )
 
@@ -735,7 +737,7 @@ class _Checker:
             self.problem(
                 line,
                 f"gateway: 'listen' must be an endpoint description such as "
-                f"\"ssl:8443\", not {listen!r}.",
+                f'"ssl:8443", not {listen!r}.',
             )
             listen = DEFAULT_LISTEN
         else:
@@ -822,7 +824,7 @@ class _Checker:
                 f"gateway: 'listen' {description!r} is not a server endpoint "
                 f"this gateway can serve TLS on; start it with one of "
                 f"{', '.join(k + ':' for k in _LISTEN_KINDS)} (for example "
-                "\"ssl:8443\").",
+                '"ssl:8443").',
             )
             return
         ours = sorted(set(keywords) & set(_SSL_OPTIONS_OF_OURS))
@@ -838,7 +840,7 @@ class _Checker:
                 self.problem(
                     line,
                     f"gateway: 'listen' {description!r} has no valid port; "
-                    "write it as \"ssl:PORT\" with PORT from 1 to 65535.",
+                    'write it as "ssl:PORT" with PORT from 1 to 65535.',
                 )
 
     def server_params(self, raw: Any, names: Sequence[str]) -> dict[str, bool]:
@@ -946,8 +948,10 @@ class _Checker:
         self.unknown_keys(entry, _INSTANCE_KEYS, where)
 
         port = entry.get("port")
-        if isinstance(port, bool) or not isinstance(port, int) or not (
-            1 <= port <= 65535
+        if (
+            isinstance(port, bool)
+            or not isinstance(port, int)
+            or not (1 <= port <= 65535)
         ):
             self.problem(
                 _line(entry, "port"),
@@ -993,10 +997,7 @@ class _Checker:
             return self.route_defaults
         self.unknown_keys(raw, _ROUTE_KEYS, f"{where}: route")
         route = self.route(raw, f"{where}: route", self.route_defaults)
-        if (
-            raw.get("require_client_certificate") is True
-            and not self.has_client_ca
-        ):
+        if raw.get("require_client_certificate") is True and not self.has_client_ca:
             # Inherited from the gateway, the problem is reported there.
             self.problem(
                 _line(raw, "require_client_certificate"),
@@ -1263,4 +1264,8 @@ def read_state_dir(path: str | os.PathLike[str] | None) -> Path:
     if not isinstance(value, str) or not value:
         return default_state_dir()
     state_dir = Path(value).expanduser()
-    return state_dir if state_dir.is_absolute() else Path(path).resolve().parent / state_dir
+    return (
+        state_dir
+        if state_dir.is_absolute()
+        else Path(path).resolve().parent / state_dir
+    )

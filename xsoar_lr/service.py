@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from twisted.application.service import IService, MultiService, Service
 import attrs
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString, wrapServerTLS
 from twisted.internet.task import LoopingCall
@@ -26,6 +26,7 @@ from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from xsoar_lr.accesslog import log_access_to
 from xsoar_lr.config import (
     EMBEDDED,
     Config,
@@ -43,7 +44,6 @@ from xsoar_lr.gateway import (
     make_agent,
     make_gateway_site,
 )
-from xsoar_lr.accesslog import log_access_to
 from xsoar_lr.management import HostMetrics, make_management_site
 from xsoar_lr.status import write_status
 from xsoar_lr.supervisor import InstanceSupervisor, ProcessSpec
@@ -104,8 +104,12 @@ def instance_payload(config: Config, instance: InstanceConfig) -> dict[str, Any]
         "integration": instance.integration,
         "port": instance.port,
         "interface": instance.interface,
-        "certificate": None if instance.certificate is None else str(instance.certificate),
-        "private_key": None if instance.private_key is None else str(instance.private_key),
+        "certificate": None
+        if instance.certificate is None
+        else str(instance.certificate),
+        "private_key": None
+        if instance.private_key is None
+        else str(instance.private_key),
         "params": dict(instance.params),
         "state_dir": str(config.instance_state_dir(instance.name)),
         "store_path": str(config.store_path),
@@ -303,9 +307,7 @@ class GatewayService(Service):
                 port=instance.port,
             )
         if routed:
-            self.log.info(
-                "Try it: curl -k {url}", url=base + route_for(routed[0].name)
-            )
+            self.log.info("Try it: curl -k {url}", url=base + route_for(routed[0].name))
 
     @property
     def port(self) -> int | None:
@@ -447,9 +449,7 @@ class ReloadPlan:
         return cls(
             added=tuple(n for n in after if n not in before),
             removed=tuple(n for n in before if n not in after),
-            changed=tuple(
-                n for n in after if n in before and after[n] != before[n]
-            ),
+            changed=tuple(n for n in after if n in before and after[n] != before[n]),
             routed=tuple(
                 n for n in after if n in before and n in now_routed - was_routed
             ),
@@ -621,7 +621,7 @@ class HostService(MultiService):
             )
         for warning in new.warnings:
             self.log.warn("Configuration: {warning}", warning=warning)
-        old, self.config = self.config, new
+        self.config = new
         self.gateway.apply(new)
         if plan.feeds_changed:
             self.set_feeds(new)

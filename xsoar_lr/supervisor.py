@@ -111,7 +111,9 @@ class _InstanceProtocol(ProcessProtocol):
         assert self.transport is not None
         # Standard input stays open afterwards: the child stops when it
         # closes, which is how children learn that the host died.
-        self.transport.writeToChild(0, json.dumps(payload, default=str).encode() + b"\n")  # type: ignore[attr-defined]
+        self.transport.writeToChild(
+            0, json.dumps(payload, default=str).encode() + b"\n"
+        )  # type: ignore[attr-defined]
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         lines = (self.buffers.get(childFD, b"") + data).split(b"\n")
@@ -432,9 +434,7 @@ class InstanceSupervisor(Service):
 
         if supervised.removing or not self.running:
             supervised.state = InstanceState.STOPPED
-            self.log.info(
-                "Instance {instance} stopped ({how})", instance=name, how=how
-            )
+            self.log.info("Instance {instance} stopped ({how})", instance=name, how=how)
             self._changed()
         else:
             lived = self.reactor.seconds() - (supervised.started_at or 0)

@@ -13,7 +13,6 @@ import ipaddress
 import os
 import socket
 from pathlib import Path
-
 from typing import Any
 
 import attrs

@@ -154,7 +154,7 @@ def run_systemd_unit(args: argparse.Namespace) -> int:
     if args.socket is not None and not activated:
         raise CommandError(
             "--socket needs the gateway to take its socket from systemd; set "
-            f"gateway.listen to \"systemd:domain=INET:name={SOCKET_NAME}\" in "
+            f'gateway.listen to "systemd:domain=INET:name={SOCKET_NAME}" in '
             f"{config_path}."
         )
     print(f"# /etc/systemd/system/{args.name}.service")
