@@ -73,3 +73,11 @@ def test_routes_prints_one_url_per_routed_instance(
     assert capsys.readouterr().out == (
         "https://localhost:9443/instance/execute/My%20EDL\n"
     )
+
+
+def test_check_also_takes_the_file_as_an_option(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", "--config", str(config_file)]) == 0
+    assert f"{config_file}: valid" in capsys.readouterr().out
+    assert main(["routes", "--config", str(config_file)]) == 0

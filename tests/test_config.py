@@ -330,3 +330,43 @@ def test_instance_state_folders_cannot_escape_and_do_not_collide() -> None:
 def test_routes_percent_encode_the_name() -> None:
     assert route_for("My EDL") == "/instance/execute/My%20EDL"
     assert route_for("a?b#c") == "/instance/execute/a%3Fb%23c"
+
+
+def test_an_empty_file_is_a_configuration_with_nothing_to_run() -> None:
+    config = parse("")
+    assert config.instances == () and config.routed_instances == ()
+
+
+def test_an_invalid_port_is_not_also_reported_as_taken() -> None:
+    found = problems(
+        """
+        instances:
+          - {name: a, integration: echo, port: 70000}
+          - {name: b, integration: echo, port: 0}
+        """
+    )
+    assert len(found) == 2
+    assert all("must be a whole number from 1 to 65535" in p for p in found)
+
+
+def test_the_management_site_needs_a_port_of_its_own() -> None:
+    found = problems(
+        """
+        gateway: {listen: "ssl:8443"}
+        management: {listen: "tcp:7000:interface=127.0.0.1"}
+        instances:
+          - {name: a, integration: echo, port: 7000}
+        """
+    )
+    assert found == [
+        "test.yaml:3: management: port 7000 is already used by instance 'a'; "
+        "choose another."
+    ]
+
+
+def test_dot_names_are_allowed_with_a_warning() -> None:
+    config = parse("instances: [{name: '..', integration: echo, port: 7000}]\n")
+    assert len(config.warnings) == 1
+    assert (
+        "reachable only by clients that send the path as it is" in (config.warnings[0])
+    )

@@ -335,3 +335,68 @@ async def test_an_instance_with_its_own_certificate_serves_https_on_its_port(
     assert response.code == 200
     assert json.loads(await response.text())["uri"] == "/direct?x=1"
     assert (await host.get("/instance/execute/direct"))[0] == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_hosts_cannot_share_a_state_folder(
+    start_host: StartHost, tmp_path: Path
+) -> None:
+    from xsoar_lr.config import load_config
+    from xsoar_lr.service import HostService
+    from xsoar_lr.status import StateDirInUse
+
+    host = await start_host(four_instances())
+    second = HostService(load_config(tmp_path / "xsoar-lr.yaml"), host.service.reactor)
+    with pytest.raises(StateDirInUse) as caught:
+        second.privilegedStartService()
+    assert caught.value.pid == os.getpid()
+    assert "give each host its own state_dir" in str(caught.value)
+
+
+def test_twistd_refuses_a_state_folder_in_use(tmp_path: Path) -> None:
+    from xsoar_lr.status import lock_state_dir
+
+    path = tmp_path / "x.yaml"
+    path.write_text(f"state_dir: {tmp_path / 'state'}\n")
+    lock = lock_state_dir(tmp_path / "state")
+    try:
+        process = twistd("-n", "--pidfile=", "xsoar-lr", "--config", str(path))
+        _, err = process.communicate(timeout=60)
+    finally:
+        os.close(lock)
+    assert process.returncode == 1
+    assert f"another host (pid {os.getpid()}) already uses the state folder" in (
+        err.decode()
+    )
+
+
+def test_twistd_says_plainly_when_the_gateway_port_is_taken(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    path = tmp_path / "x.yaml"
+    path.write_text(
+        f'state_dir: state\ngateway: {{listen: "ssl:{port}:interface=127.0.0.1"}}\n'
+    )
+    try:
+        process = twistd("-n", "--pidfile=", "xsoar-lr", "--config", str(path))
+        out, err = process.communicate(timeout=60)
+    finally:
+        taken.close()
+    assert process.returncode == 1
+    log = out.decode() + err.decode()
+    assert f"Cannot listen on 127.0.0.1:{port}: [Errno 98]" in log
+    assert "Traceback" not in log
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_long_url_accepted_by_the_gateway_reaches_the_instance(
+    start_host: StartHost,
+) -> None:
+    host = await start_host(four_instances())
+    query = "&".join(f"q{n}=" + "x" * 20 for n in range(500))
+    assert 12000 < len(query) < 16000
+    code, body, _ = await host.get("/instance/execute/echo?" + query)
+    assert code == 200
+    assert json.loads(body)["uri"] == "/?" + query

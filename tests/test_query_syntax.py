@@ -190,3 +190,13 @@ def test_query_text_never_becomes_sql(store: IndicatorStore) -> None:
 
 def test_an_empty_query_matches_everything() -> None:
     assert compile_query("").where == "1"
+
+
+def test_queries_too_deep_or_too_long_for_sqlite_are_refused_clearly() -> None:
+    from xsoar_lr.query import QueryError, compile_query
+
+    with pytest.raises(QueryError, match="nests parentheses 3000 deep"):
+        compile_query("(" * 3000 + "type:IP" + ")" * 3000)
+    with pytest.raises(QueryError, match="has 2000 terms; at most 400"):
+        compile_query(" or ".join(["type:IP"] * 2000))
+    assert compile_query(" or ".join(["type:IP"] * 400)).params == ("IP",) * 400

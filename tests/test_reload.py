@@ -135,6 +135,13 @@ async def test_sighup_and_the_reload_command_reach_a_twistd_host(
         assert status.returncode == 0, status.stderr
         assert f"Host running, pid {process.pid}" in status.stdout
 
+        # Another file naming the same state folder is not this host's.
+        other = tmp_path / "other.yaml"
+        other.write_text(head)
+        wrong = xsoar_lr("reload", "--config", str(other))
+        assert wrong.returncode == 1
+        assert f"runs {path}, not {other}" in wrong.stderr
+
         path.write_text(head + "instances: [{name: x, integration: nope, port: 1}]\n")
         refused = xsoar_lr("reload", "--config", str(path))
         assert refused.returncode == 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,26 @@ class _HostPipe(Protocol):
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self.reactor.running:
             self.reactor.stop()
+
+
+def channel_factory(max_header_bytes: int) -> Callable[[], Any]:
+    """
+    The protocol factory of an instance's site, accepting request lines and
+    headers up to C{max_header_bytes}. The gateway adds C{X-Request-URI} and
+    C{X-Forwarded-*} to what its client sent, so an instance must accept
+    more than the gateway does, or a long URL accepted by the gateway would
+    be refused by the instance.
+    """
+    from twisted.web.http import HTTPChannel, _GenericHTTPChannelProtocol
+
+    class InstanceChannel(HTTPChannel):
+        totalHeadersSize = max_header_bytes
+        MAX_LENGTH = max_header_bytes
+
+    def build() -> Any:
+        return _GenericHTTPChannelProtocol(InstanceChannel())
+
+    return build
 
 
 def open_store(path: Path) -> Any:
@@ -129,6 +150,9 @@ def run(payload: dict[str, Any]) -> int:
     )
     site = Site(integration.make_resource(context))
     site.noisy = False
+    site.protocol = channel_factory(  # type: ignore[method-assign]
+        payload.get("max_header_bytes", 65536)
+    )
     access_log = payload.get("access_log")
     if access_log:
         from xsoar_lr.accesslog import log_access_to

@@ -65,6 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (as "| head" does); there is no one to tell.
+        sys.stderr.close()
+        return 0
     return code
 
 

@@ -432,7 +432,10 @@ class _Mapping(dict[Any, Any]):
     """
 
     line: int = 0
-    key_lines: dict[Any, int]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.key_lines: dict[Any, int] = {}
 
 
 class _Loader(yaml.SafeLoader):
@@ -909,6 +912,9 @@ class _Checker:
                     f"line {names[instance.name]}; instance names must be unique.",
                 )
             names[instance.name] = line
+            if instance.port == 0:
+                # Its port was reported as invalid already.
+                continue
             if instance.port in ports:
                 self.problem(
                     _line(entry, "port"),
@@ -1224,6 +1230,27 @@ def parse_config(
             )
     feeds = checker.feeds(raw.get("feeds"))
     management = checker.management(raw.get("management"))
+    if management is not None:
+        port = listen_port(management.listen)
+        if port is not None and port != 0:
+            taken = {i.port: f"instance {i.name!r}" for i in instances}
+            if gateway.port is not None:
+                taken[gateway.port] = "the gateway"
+            if port in taken:
+                checker.problem(
+                    _line(raw.get("management"), "listen"),
+                    f"management: port {port} is already used by {taken[port]}; "
+                    "choose another.",
+                )
+    for instance in instances:
+        if instance.name in (".", ".."):
+            checker.warn(
+                None,
+                f"instance {instance.name!r}: browsers, curl and most HTTP "
+                "libraries remove dot segments from paths, so its route "
+                f"{route_for(instance.name)} is reachable only by clients that "
+                "send the path as it is; choose another name.",
+            )
     if checker.problems:
         # Reported in file order, so the report reads along with the file.
         raise ConfigError(sorted(checker.problems, key=lambda p: p.line or 0))

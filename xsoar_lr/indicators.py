@@ -152,9 +152,11 @@ def _host_error(host: str) -> str | None:
         return "it has a single label (a domain needs a dot, as in example.com)"
     for label in labels:
         if not _LABEL_RE.match(label):
-            return f"its label {label!r} is not made of letters, digits and hyphens"
+            return (
+                f"its label {shown(label)} is not made of letters, digits and hyphens"
+            )
     if not _TLD_RE.match(labels[-1]):
-        return f"its last label {labels[-1]!r} is not a top-level domain"
+        return f"its last label {shown(labels[-1])} is not a top-level domain"
     return None
 
 
@@ -214,7 +216,7 @@ def _classify(value: str) -> IndicatorType | str:
     match = _IPV4_CIDR_RE.match(value)
     if match is not None:
         if _ipv4(match.group(1)) is None:
-            return f"{match.group(1)!r} is not an IPv4 address"
+            return f"{shown(match.group(1))} is not an IPv4 address"
         if int(match.group(2)) > 32:
             return f"the IPv4 prefix length /{match.group(2)} is larger than 32"
         return IndicatorType.CIDR
@@ -235,10 +237,10 @@ def _classify(value: str) -> IndicatorType | str:
     if "@" in value and "/" not in value and ":" not in value:
         local, _, domain = value.rpartition("@")
         if not _EMAIL_LOCAL_RE.match(local):
-            return f"the part before '@' in {value!r} is not an e-mail mailbox"
+            return f"the part before '@' in {shown(value)} is not an e-mail mailbox"
         reason = _host_error(domain)
         if reason is not None:
-            return f"the e-mail domain {domain!r} is not a domain: {reason}"
+            return f"the e-mail domain {shown(domain)} is not a domain: {reason}"
         return IndicatorType.EMAIL
 
     if value.startswith("*."):
@@ -249,7 +251,7 @@ def _classify(value: str) -> IndicatorType | str:
         if reason is None:
             return IndicatorType.DOMAIN_GLOB
         if "/" not in value and ":" not in value:
-            return f"{base!r} after '*.' is not a domain: {reason}"
+            return f"{shown(base)} after '*.' is not a domain: {reason}"
 
     host_reason = _host_error(value) if "*" not in value else "it contains '*'"
     if host_reason is None and not value.replace(".", "").isdigit():
@@ -264,10 +266,20 @@ def _classify(value: str) -> IndicatorType | str:
             if port is not None and not 0 < int(port) < 65536:
                 return f"the port {port} is not between 1 and 65535"
             return IndicatorType.URL
-        return f"{host!r} before the port or path is not a host name or address"
+        return f"{shown(host)} before the port or path is not a host name or address"
     if value.replace(".", "").isdigit():
-        return f"{value!r} is neither an IPv4 address nor a domain"
-    return f"{value!r} is not a domain: {host_reason}"
+        return f"{shown(value)} is neither an IPv4 address nor a domain"
+    return f"{shown(value)} is not a domain: {host_reason}"
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """
+    A value as messages quote it: in full when short, otherwise its start and
+    its length, so that one huge line cannot flood a report.
+    """
+    if not isinstance(value, str) or len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value):,} characters)"
 
 
 def detect_type(value: str) -> IndicatorType:
@@ -282,7 +294,7 @@ def detect_type(value: str) -> IndicatorType:
     result = _classify(value)
     if not isinstance(result, IndicatorType):
         raise ValueError(  # noqa: TRY004 (a value, not a type, is wrong)
-            f"{value!r} is not an indicator: {result}."
+            f"{shown(value)} is not an indicator: {result}."
         )
     return result
 
@@ -314,7 +326,7 @@ def check_type(value: str, declared: IndicatorType) -> IndicatorType:
     detected = detect_type(value)
     if detected not in _COMPATIBLE.get(declared, {declared}):
         raise ValueError(
-            f"{value!r} looks like a {detected.value}, not a {declared.value}; "
+            f"{shown(value)} looks like a {detected.value}, not a {declared.value}; "
             "remove the type hint or fix the value."
         )
     return declared
@@ -409,7 +421,7 @@ def parse_type(text: str) -> IndicatorType:
     if wanted in ("ipv4", "ipv4cidr"):
         return IndicatorType.IP if wanted == "ipv4" else IndicatorType.CIDR
     names = ", ".join(m.value for m in IndicatorType)
-    raise ValueError(f"{text!r} is not an indicator type; use one of {names}.")
+    raise ValueError(f"{shown(text)} is not an indicator type; use one of {names}.")
 
 
 #: The older XSOAR reputation words, accepted beside the verdict names.
@@ -440,6 +452,6 @@ def parse_score(text: str | int) -> Score:
     if word in _SCORE_WORDS:
         return _SCORE_WORDS[word]
     raise ValueError(
-        f"{text!r} is not a score; use 0 to 3 or one of Unknown, Benign, "
+        f"{shown(text)} is not a score; use 0 to 3 or one of Unknown, Benign, "
         "Suspicious, Malicious."
     )

@@ -134,10 +134,77 @@ def compile_query(query: str, *, now: datetime | None = None) -> CompiledQuery:
     if not query.strip():
         return CompiledQuery("1", ())
     moment = now if now is not None else datetime.now(UTC)
-    node = _parse(query)
-    translator = _Translator(query, moment)
-    where = translator.translate(node, None)
+    depth = _nesting(query)
+    if depth > MAX_NESTING:
+        raise QueryError(
+            query,
+            0,
+            f"the query nests parentheses {depth} deep; at most {MAX_NESTING} "
+            "levels are accepted.",
+        )
+    try:
+        node = _parse(query)
+        terms = _count_terms(node)
+        if terms > MAX_TERMS:
+            raise QueryError(
+                query,
+                0,
+                f"the query has {terms} terms; at most {MAX_TERMS} are accepted "
+                "(SQLite cannot evaluate longer conditions).",
+            )
+        translator = _Translator(query, moment)
+        where = translator.translate(node, None)
+    except RecursionError:
+        # Very long chains of AND/OR also nest deeply inside the parser.
+        raise QueryError(
+            query, 0, "the query is too complex; split it into smaller queries."
+        ) from None
     return CompiledQuery(where, tuple(translator.params))
+
+
+#: The deepest nesting of parentheses a query may have.
+MAX_NESTING = 50
+
+#: The most terms (field:value and bare values) a query may have.
+MAX_TERMS = 400
+
+
+def _count_terms(node: tree.Item) -> int:
+    """
+    How many leaves the parsed query has.
+    """
+    count = 0
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        children = list(item.children)
+        if isinstance(item, (tree.SearchField, tree.Word, tree.Phrase)) or not children:
+            count += 1
+        else:
+            stack.extend(children)
+    return count
+
+
+def _nesting(query: str) -> int:
+    """
+    The deepest nesting of parentheses outside quoted values.
+    """
+    depth = deepest = 0
+    quoted = False
+    escaped = False
+    for char in query:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif not quoted and char == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif not quoted and char == ")":
+            depth -= 1
+    return deepest
 
 
 # Parsing

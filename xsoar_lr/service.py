@@ -21,6 +21,7 @@ import attrs
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString, wrapServerTLS
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
@@ -45,7 +46,7 @@ from xsoar_lr.gateway import (
     make_gateway_site,
 )
 from xsoar_lr.management import HostMetrics, make_management_site
-from xsoar_lr.status import write_status
+from xsoar_lr.status import StateDirInUse, lock_state_dir, write_status
 from xsoar_lr.supervisor import InstanceSupervisor, ProcessSpec
 from xsoar_lr.tls import PemPair, ReloadingServerTLS, ensure_self_signed, load_pem_pair
 
@@ -87,7 +88,12 @@ def makeService(options: Options) -> IService:
     except ConfigError as e:
         sys.stderr.write(e.report() + "\n")
         raise SystemExit(1) from None
-    service = HostService(config, reactor)
+    try:
+        state_lock = lock_state_dir(config.state_dir)
+    except StateDirInUse as e:
+        sys.stderr.write(f"xsoar-lr: {e}\n")
+        raise SystemExit(1) from None
+    service = HostService(config, reactor, state_lock=state_lock)
     signal.signal(
         signal.SIGHUP,
         lambda signum, frame: reactor.callFromThread(service.reload),
@@ -114,6 +120,8 @@ def instance_payload(config: Config, instance: InstanceConfig) -> dict[str, Any]
         "state_dir": str(config.instance_state_dir(instance.name)),
         "store_path": str(config.store_path),
         "route": route_for(instance.name) if config.is_routed(instance.name) else None,
+        # Room for what the gateway adds to a request it accepted.
+        "max_header_bytes": 2 * config.gateway.max_header_bytes + 16384,
         "access_log": None
         if instance.access_log is None
         else {
@@ -490,10 +498,20 @@ class HostService(MultiService):
 
     log = Logger()
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(
+        self, config: Config, reactor: Any, state_lock: int | None = None
+    ) -> None:
+        """
+        :param config: the configuration to run.
+        :param reactor: the reactor.
+        :param state_lock: the descriptor of the state folder's lock, when
+            the caller claimed it already (L{xsoar_lr.status.lock_state_dir});
+            otherwise the host claims the folder when it starts.
+        """
         super().__init__()
         self.config = config
         self.reactor = reactor
+        self.state_lock = state_lock
         self.started_at = reactor.seconds()
         self.last_reload: dict[str, Any] | None = None
         self.supervisor = InstanceSupervisor(reactor, on_change=self.write_status)
@@ -507,9 +525,7 @@ class HostService(MultiService):
         self.metrics = HostMetrics(self.status_records)
         self.gateway.metrics = self.metrics
         self.management: ManagementService | None = None
-        if config.management is not None:
-            self.management = ManagementService(self, config.management.listen)
-            self.management.setServiceParent(self)
+        self.set_management(config)
 
     @staticmethod
     def process_spec(config: Config, instance: InstanceConfig) -> ProcessSpec:
@@ -522,6 +538,17 @@ class HostService(MultiService):
             port=instance.port,
             payload=instance_payload(config, instance),
         )
+
+    def set_management(self, config: Config) -> None:
+        """
+        Serve the management site of C{config}, replacing the one served now.
+        """
+        if self.management is not None:
+            self.management.disownServiceParent()
+            self.management = None
+        if config.management is not None:
+            self.management = ManagementService(self, config.management.listen)
+            self.management.setServiceParent(self)
 
     def set_feeds(self, config: Config) -> None:
         """
@@ -538,7 +565,8 @@ class HostService(MultiService):
 
     def privilegedStartService(self) -> None:
         config = self.config
-        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.state_lock is None:
+            self.state_lock = lock_state_dir(config.state_dir)
         self.log.info(
             "xsoar-lr starting from {source} with state in {state_dir}",
             source=config.source
@@ -548,7 +576,19 @@ class HostService(MultiService):
         )
         for warning in config.warnings:
             self.log.warn("Configuration: {warning}", warning=warning)
-        super().privilegedStartService()
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            # Nothing can be served; say so plainly rather than with a
+            # traceback, and let twistd exit with 1.
+            message = (
+                f"Cannot listen on {e.interface or '*'}:{e.port}: "
+                f"{e.socketError}. Another program uses the port; stop it or "
+                "choose another port."
+            )
+            # twistd's log has taken over standard error by now.
+            self.log.critical("{message}", message=message)
+            raise SystemExit(1) from None
 
     def startService(self) -> None:
         globalLogPublisher.addObserver(self.metrics)
@@ -569,6 +609,9 @@ class HostService(MultiService):
         def stopped(result: object) -> object:
             globalLogPublisher.removeObserver(self.metrics)
             self.write_status()
+            if self.state_lock is not None:
+                os.close(self.state_lock)
+                self.state_lock = None
             return result
 
         d.addBoth(stopped)
@@ -612,12 +655,18 @@ class HostService(MultiService):
             return succeed(False)
 
         plan = ReloadPlan.between(self.config, new)
+        notes = []
         if new.gateway.listen != self.config.gateway.listen:
-            self.log.warn(
-                "Reload: the gateway keeps listening on {old}; a new 'listen' "
-                "({new}) takes effect when the host restarts",
-                old=self.config.gateway.listen,
-                new=new.gateway.listen,
+            notes.append(
+                f"the gateway keeps listening on {self.config.gateway.listen}; "
+                f"the new listen ({new.gateway.listen}) takes effect when the "
+                "host restarts"
+            )
+        if new.management != self.config.management:
+            self.set_management(new)
+            notes.append(
+                "management site "
+                + ("stopped" if new.management is None else "restarted")
             )
         for warning in new.warnings:
             self.log.warn("Configuration: {warning}", warning=warning)
@@ -637,7 +686,9 @@ class HostService(MultiService):
         for name in plan.added:
             self.supervisor.add(self.process_spec(new, new.instance(name)))
 
-        changes = plan.describe()
+        changes = plan.describe() + notes
+        if notes and changes[0] == "nothing changed":
+            changes = changes[1:]
         self.log.info(
             "Reloaded {source}: {changes}",
             source=new.source,
@@ -661,7 +712,9 @@ class HostService(MultiService):
         records = self.status_records()
         host = {
             "pid": os.getpid(),
-            "config": None if self.config.source == EMBEDDED else self.config.source,
+            "config": None
+            if self.config.source == EMBEDDED
+            else str(Path(self.config.source).resolve()),
             "started": time.time() - (self.reactor.seconds() - self.started_at),
             "gateway_port": self.gateway.port if hasattr(self, "gateway") else None,
             "last_reload": self.last_reload,

@@ -6,13 +6,21 @@ command) can read it without talking to the host.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["read_host_status", "read_status", "status_path", "write_status"]
+__all__ = [
+    "StateDirInUse",
+    "lock_state_dir",
+    "read_host_status",
+    "read_status",
+    "status_path",
+    "write_status",
+]
 
 
 def status_path(state_dir: Path) -> Path:
@@ -73,3 +81,45 @@ def read_status(state_dir: Path) -> list[dict[str, Any]]:
         return []
     instances: list[dict[str, Any]] = data["instances"]
     return instances
+
+
+class StateDirInUse(Exception):
+    """
+    Another host runs with the same state folder.
+
+    :ivar pid: that host's process id, if it could be read.
+    """
+
+    def __init__(self, state_dir: Path, pid: int | None) -> None:
+        self.state_dir = state_dir
+        self.pid = pid
+        who = f"another host (pid {pid})" if pid else "another host"
+        super().__init__(
+            f"{who} already uses the state folder {state_dir}; give each host "
+            "its own state_dir, or stop the other one first."
+        )
+
+
+def lock_state_dir(state_dir: Path) -> int:
+    """
+    Claim C{state_dir} for this process, so that two hosts never share one
+    (their instances would share folders and their status would mix). The
+    claim lasts until the returned descriptor is closed or the process ends.
+
+    :returns: the descriptor of the lock file.
+    :raises StateDirInUse: when another host holds the folder.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(state_dir / "host.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            pid: int | None = int(os.read(fd, 32).decode().strip() or "0") or None
+        except ValueError:
+            pid = None
+        os.close(fd)
+        raise StateDirInUse(state_dir, pid) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd

@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -289,6 +290,11 @@ class InstanceSupervisor(Service):
                 "uptime": None
                 if s.started_at is None or s.state is not InstanceState.RUNNING
                 else round(now - s.started_at, 3),
+                # Wall-clock time, so that readers of the status file can
+                # work out the uptime when they read it.
+                "running_since": None
+                if s.started_at is None or s.state is not InstanceState.RUNNING
+                else round(time.time() - (now - s.started_at), 3),
             }
             for s in self.instances.values()
         ]

@@ -30,6 +30,12 @@ def add_commands(subparsers: Any) -> None:
     check.add_argument(
         "config", nargs="?", help="the YAML file (default: the embedded configuration)"
     )
+    check.add_argument(
+        "--config",
+        dest="config_option",
+        metavar="CONFIG",
+        help="the same, as an option",
+    )
     check.add_argument("--json", action="store_true", help="print JSON")
     check.set_defaults(handler=run_check)
 
@@ -41,7 +47,26 @@ def add_commands(subparsers: Any) -> None:
     routes.add_argument(
         "config", nargs="?", help="the YAML file (default: the embedded configuration)"
     )
+    routes.add_argument(
+        "--config",
+        dest="config_option",
+        metavar="CONFIG",
+        help="the same, as an option",
+    )
     routes.set_defaults(handler=run_routes)
+
+
+def _config_path(args: argparse.Namespace) -> str | None:
+    """
+    The file named as an argument or with C{--config}.
+    """
+    if args.config and args.config_option and args.config != args.config_option:
+        raise CommandError(
+            "two different configuration files were named; give one, either "
+            "as an argument or with --config."
+        )
+    path: str | None = args.config or args.config_option
+    return path
 
 
 def _load(path: str | None) -> Config:
@@ -92,7 +117,7 @@ def run_check(args: argparse.Namespace) -> int:
     """
     Validate and describe a configuration.
     """
-    config = _load(args.config)
+    config = _load(_config_path(args))
     described = describe(config)
     if args.json:
         print(json.dumps(described, indent=2, default=str))
@@ -117,7 +142,7 @@ def run_routes(args: argparse.Namespace) -> int:
     """
     Print the URL of each routed instance.
     """
-    config = _load(args.config)
+    config = _load(_config_path(args))
     base = gateway_base(config)
     for instance in config.routed_instances:
         print(base + route_for(instance.name))

@@ -54,6 +54,26 @@ def _state_dir(path: str | None) -> Path:
         raise CommandError(e.report()) from None
 
 
+def check_same_configuration(state_dir: Path, path: str | None) -> None:
+    """
+    Refuse to act on a host that runs another configuration than the one
+    named, which happens when the file names no state folder (or was
+    emptied) and the default folder belongs to another host.
+
+    :raises CommandError: naming both files.
+    """
+    running = read_host_status(state_dir).get("config")
+    named = None if path is None else str(Path(path).resolve())
+    if running != named:
+        raise CommandError(
+            f"the host with the state folder {state_dir} runs "
+            f"{running or 'the embedded default configuration'}, not "
+            f"{named or 'the embedded default configuration'}; name the file "
+            "that host was started with (its state_dir decides which host "
+            "is meant)."
+        )
+
+
 def host_pid(state_dir: Path) -> int | None:
     """
     The running host's process id, or C{None} when no host runs.
@@ -76,7 +96,13 @@ def run_status(args: argparse.Namespace) -> int:
     """
     state_dir = _state_dir(args.config)
     pid = host_pid(state_dir)
+    if pid is not None:
+        check_same_configuration(state_dir, args.config)
     instances = read_status(state_dir) if pid is not None else []
+    now = time.time()
+    for instance in instances:
+        since = instance.get("running_since")
+        instance["uptime"] = None if since is None else round(now - since, 3)
     healthy = pid is not None and all(i["state"] == "running" for i in instances)
     if args.json:
         print(
@@ -93,9 +119,11 @@ def run_status(args: argparse.Namespace) -> int:
     for i in instances:
         route = i.get("route") or "not routed"
         last = f", last exit: {i['last_exit']}" if i.get("last_exit") else ""
+        process = f"pid {i['pid']}" if i.get("pid") else "no process"
+        health = f", reports: {i['health']}" if i.get("health") else ""
         print(
             f"- {i['name']!r} ({i['integration']}, port {i['port']}): {i['state']}, "
-            f"pid {i['pid']}, restarts {i['restarts']}{last}; {route}"
+            f"{process}, restarts {i['restarts']}{last}{health}; {route}"
         )
     return 0 if healthy else 1
 
@@ -111,6 +139,7 @@ def run_reload(args: argparse.Namespace) -> int:
             f"no host runs with the state folder {state_dir}; start it with "
             "'twistd -n xsoar-lr --config FILE'."
         )
+    check_same_configuration(state_dir, args.config)
     asked = time.time()
     os.kill(pid, signal.SIGHUP)
     deadline = time.monotonic() + RELOAD_WAIT

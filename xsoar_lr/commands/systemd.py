@@ -57,9 +57,13 @@ def service_unit(
     user: str,
     name: str,
     socket_activated: bool,
+    writable: tuple[Path, ...] = (),
 ) -> str:
     """
     The service unit's text.
+
+    :param writable: folders besides C{state_dir} the host writes to (those
+        of access logs), which the hardening would otherwise make read-only.
     """
     command = shlex.join(
         [
@@ -94,7 +98,7 @@ RestartSec=5
 KillMode=mixed
 TimeoutStopSec=30
 WorkingDirectory={state_dir}
-ReadWritePaths={state_dir}
+ReadWritePaths={" ".join(str(p) for p in (state_dir, *writable))}
 NoNewPrivileges=yes
 ProtectSystem=strict
 ProtectHome=yes
@@ -158,9 +162,20 @@ def run_systemd_unit(args: argparse.Namespace) -> int:
             f"{config_path}."
         )
     print(f"# /etc/systemd/system/{args.name}.service")
+    logs = [config.gateway.access_log] + [i.access_log for i in config.instances]
+    writable = tuple(
+        sorted(
+            {log.path.parent for log in logs if log is not None} - {config.state_dir}
+        )
+    )
     print(
         service_unit(
-            config_path, config.state_dir, args.user, args.name, args.socket is not None
+            config_path,
+            config.state_dir,
+            args.user,
+            args.name,
+            args.socket is not None,
+            writable,
         )
     )
     if args.socket is not None:
