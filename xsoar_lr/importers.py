@@ -32,7 +32,7 @@ from xsoar_lr.indicators import (
     parse_score,
     parse_type,
 )
-from xsoar_lr.store import Reject
+from xsoar_lr.store import CheckedIndicators, Reject
 
 __all__ = [
     "FORMATS",
@@ -88,13 +88,15 @@ class Parsed:
     """
     What a reader found in a file.
 
-    :ivar indicators: the indicators, in file order.
+    :ivar indicators: the indicators, in file order. Their types were
+        checked as they were read, which the store relies on so as not to
+        detect each type again (see L{CheckedIndicators}).
     :ivar rejected: the refused values, with line numbers.
     :ivar skipped: how many lines were comments, blank, or hosts-file
         boilerplate such as C{localhost}.
     """
 
-    indicators: list[Indicator] = attrs.field(factory=list)
+    indicators: list[Indicator] = attrs.field(factory=CheckedIndicators)
     rejected: list[Reject] = attrs.field(factory=list)
     skipped: int = 0
 
@@ -162,7 +164,14 @@ class _Builder:
         except ValueError as e:
             self.reject(line, value, str(e))
             return
-        self.parsed.indicators.append(
+        indicators = self.parsed.indicators
+        # The type was found above: the store need not detect it again.
+        append = (
+            indicators.append_checked
+            if isinstance(indicators, CheckedIndicators)
+            else indicators.append
+        )
+        append(
             Indicator(
                 value,
                 found,

@@ -25,6 +25,10 @@ contributions:
 
 Keeping contributions apart is what lets a feed replace exactly its own part
 (L{IndicatorStore.replace_source}) without touching what other sources said.
+
+A write stages what its source says in a temporary table and applies it
+with a few set-based statements in one transaction; only indicators that
+several sources list are merged in Python (L{_merge}).
 """
 
 from __future__ import annotations
@@ -34,10 +38,11 @@ import itertools
 import json
 import sqlite3
 import threading
+import types
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, SupportsIndex
 
 import attrs
 from twisted.logger import Logger
@@ -153,6 +158,54 @@ _MIGRATIONS: dict[int, Sequence[str]] = {
 }
 
 
+#: A row of the C{staged} table as L{IndicatorStore._prepare} makes it: key,
+#: value (C{None} when it is the key), type, score, tags, first seen, last
+#: seen, expiration, custom fields.
+_Staged = tuple[Any, ...]
+
+# A write stages what its source says in this table, one row per key, then
+# applies it with set-based statements. The columns after custom_fields are
+# found in the store: the indicator's id (existed is NULL for a new one),
+# whether other sources list it, whether its tags or custom fields must be
+# combined in Python, and what the source said about it before.
+_STAGED_TABLE = """
+CREATE TEMP TABLE staged (
+    key TEXT PRIMARY KEY,
+    value TEXT,
+    type TEXT NOT NULL,
+    score INTEGER NOT NULL,
+    tags TEXT NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    expiration INTEGER,
+    custom_fields TEXT,
+    id INTEGER,
+    existed INTEGER,
+    others INTEGER NOT NULL DEFAULT 0,
+    mixed INTEGER NOT NULL DEFAULT 0,
+    old_tags TEXT,
+    old_first INTEGER,
+    old_last INTEGER,
+    old_fields TEXT
+) WITHOUT ROWID
+"""
+
+# Fills indicator_tags from rows of (id, tags joined by the separator) that
+# {listed} selects, splitting the tags in SQL.
+_INSERT_TAGS = """
+WITH RECURSIVE listed(id, tags) AS ({listed}),
+parts(id, tag, rest) AS (
+    SELECT id, NULL, tags || char(31) FROM listed
+    UNION ALL
+    SELECT id, substr(rest, 1, instr(rest, char(31)) - 1),
+        substr(rest, instr(rest, char(31)) + 1)
+    FROM parts WHERE rest <> ''
+)
+INSERT OR IGNORE INTO indicator_tags (tag, indicator_id)
+SELECT tag, id FROM parts WHERE tag IS NOT NULL ORDER BY tag COLLATE NOCASE, id
+"""
+
+
 class StoreError(Exception):
     """
     The indicator store's database cannot be used; the message names the
@@ -181,6 +234,55 @@ class Reject:
     line: int | None
     value: str
     reason: str
+
+
+class CheckedIndicators(list[Indicator]):
+    """
+    A list of indicators whose types were checked when they were made, as
+    the readers of L{xsoar_lr.importers} do: the store then does not detect
+    each value's type a second time.
+
+    The readers fill it with L{append_checked}. Any other way of putting an
+    indicator in (C{append}, C{extend}, C{insert}, assigning an item or
+    C{+=}) clears L{checked}, and the store checks every indicator again, so
+    the shortcut never lets an unchecked value through.
+
+    :ivar checked: whether every indicator in the list was checked.
+    """
+
+    checked: bool
+
+    def __init__(self, items: Iterable[Indicator] = ()) -> None:
+        super().__init__(items)
+        self.checked = not self
+
+    #: Add an indicator whose value was found to fit its type (by
+    #: L{xsoar_lr.indicators.detect_type} or L{xsoar_lr.indicators.check_type}).
+    #: It is the plain C{list.append}, which leaves L{checked} as it is.
+    append_checked = list.append
+
+    def append(self, indicator: Indicator) -> None:
+        self.checked = False
+        super().append(indicator)
+
+    def extend(self, indicators: Iterable[Indicator]) -> None:
+        self.checked = False
+        super().extend(indicators)
+
+    def insert(self, index: SupportsIndex, indicator: Indicator) -> None:
+        self.checked = False
+        super().insert(index, indicator)
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self.checked = False
+        super().__setitem__(index, value)
+
+    def __iadd__(  # type: ignore[override,misc]
+        self, indicators: Iterable[Indicator]
+    ) -> CheckedIndicators:
+        self.checked = False
+        super().__iadd__(indicators)
+        return self
 
 
 @attrs.define
@@ -316,21 +418,6 @@ def _merge(value: str | None, contributions: Collection[_Contribution]) -> _Merg
     )
 
 
-def _combine(old: _Contribution, new: _Contribution) -> _Contribution:
-    """
-    Merge a new statement of a source about an indicator into its earlier
-    one: tags and custom fields add up, the rest is the newer word.
-    """
-    fields = {**(old.custom_fields or {}), **(new.custom_fields or {})}
-    return new._replace(
-        value=old.value,
-        tags=_unique_tags(old.tags + new.tags),
-        first_seen=min(old.first_seen, new.first_seen),
-        last_seen=max(old.last_seen, new.last_seen),
-        custom_fields=fields or None,
-    )
-
-
 _INDICATOR_FIELDS = (
     "value",
     "type",
@@ -345,9 +432,16 @@ _INDICATOR_FIELDS = (
 # Rows are turned into indicators without the attrs initialiser when the
 # model has exactly the fields above: the store validated every value on the
 # way in, and skipping the converters nearly halves the time of streaming a
-# list of a million. Should the model gain a field, the normal initialiser
-# is used instead.
-_FAST_BUILD = tuple(f.name for f in attrs.fields(Indicator)) == _INDICATOR_FIELDS
+# list of a million. Should the model gain a field or lose its slots, the
+# normal initialiser is used instead.
+_SLOTS: dict[str, Any] = {
+    name: Indicator.__dict__.get(name) for name in _INDICATOR_FIELDS
+}
+_FAST_BUILD = tuple(
+    f.name for f in attrs.fields(Indicator)
+) == _INDICATOR_FIELDS and all(
+    isinstance(slot, types.MemberDescriptorType) for slot in _SLOTS.values()
+)
 
 
 def _reader() -> Callable[[Sequence[Any]], Indicator]:
@@ -356,44 +450,58 @@ def _reader() -> Callable[[Sequence[Any]], Indicator]:
     repeated parts (tag and source lists, import times) for the length of
     one stream.
     """
-    times: dict[int, datetime] = {}
+    if not _FAST_BUILD:
+        return _to_indicator
+    times: dict[int | None, datetime | None] = {None: None}
     lists: dict[str, tuple[str, ...]] = {"": ()}
     new = object.__new__
-    put = object.__setattr__
+    kinds, scores, separator, loads = _TYPES, _SCORES, _SEPARATOR, json.loads
+    # Setting the slots through their descriptors skips the attribute
+    # lookup of setattr; this loop runs once per indicator of a stream.
+    (
+        set_value,
+        set_type,
+        set_score,
+        set_tags,
+        set_sources,
+        set_first_seen,
+        set_last_seen,
+        set_expiration,
+        set_custom_fields,
+    ) = (_SLOTS[name].__set__ for name in _INDICATOR_FIELDS)
 
-    def moment(stamp: int | None) -> datetime | None:
-        if stamp is None:
-            return None
-        found = times.get(stamp)
-        if found is None:
-            if len(times) > 4096:
-                times.clear()
-            found = times[stamp] = from_time_stamp(stamp)
+    def moment(stamp: int) -> datetime:
+        if len(times) > 4096:
+            times.clear()
+            times[None] = None
+        found = times[stamp] = from_time_stamp(stamp)
         return found
 
     def split(text: str) -> tuple[str, ...]:
-        found = lists.get(text)
-        if found is None:
-            if len(lists) > 4096:
-                lists.clear()
-                lists[""] = ()
-            found = lists[text] = tuple(text.split(_SEPARATOR))
+        if len(lists) > 4096:
+            lists.clear()
+            lists[""] = ()
+        found = lists[text] = tuple(text.split(separator))
         return found
 
     def convert(row: Sequence[Any]) -> Indicator:
         value, type_, score, tags, sources, first, last, expiration, fields = row
-        if not _FAST_BUILD:
-            return _to_indicator(row)
         indicator = new(Indicator)
-        put(indicator, "value", value)
-        put(indicator, "type", _TYPES[type_])
-        put(indicator, "score", _SCORES[score])
-        put(indicator, "tags", split(tags))
-        put(indicator, "sources", split(sources))
-        put(indicator, "first_seen", moment(first))
-        put(indicator, "last_seen", moment(last))
-        put(indicator, "expiration", moment(expiration))
-        put(indicator, "custom_fields", json.loads(fields) if fields else {})
+        set_value(indicator, value)
+        set_type(indicator, kinds[type_])
+        set_score(indicator, scores[score])
+        found = lists.get(tags)
+        set_tags(indicator, split(tags) if found is None else found)
+        found = lists.get(sources)
+        set_sources(indicator, split(sources) if found is None else found)
+        # The cache itself marks a moment not seen yet (None is a moment).
+        when = times.get(first, times)
+        set_first_seen(indicator, moment(first) if when is times else when)
+        when = times.get(last, times)
+        set_last_seen(indicator, moment(last) if when is times else when)
+        when = times.get(expiration, times)
+        set_expiration(indicator, moment(expiration) if when is times else when)
+        set_custom_fields(indicator, loads(fields) if fields else {})
         return indicator
 
     return convert
@@ -488,7 +596,9 @@ class IndicatorStore:
         )
         connection.execute("PRAGMA synchronous = NORMAL")
         connection.execute("PRAGMA cache_size = -65536")
-        connection.execute("PRAGMA mmap_size = 268435456")
+        # Reading through a map of the file saves a copy per page; the map
+        # covers a store of a few million indicators.
+        connection.execute("PRAGMA mmap_size = 1073741824")
         connection.execute("PRAGMA temp_store = MEMORY")
         return connection
 
@@ -702,189 +812,270 @@ class IndicatorStore:
         _check_name("source", source)
         report = ImportReport(source)
         now = time_stamp(datetime.now(UTC))
-        # The generation is known once the write transaction has begun,
-        # which is before the first indicator is prepared.
-        generation = [0]
-        prepared = self._prepare(indicators, source, now, generation, report)
+        prepared = self._prepare(indicators, now, report)
         try:
-            self._write_all(prepared, source, replace, generation, report)
+            with self._writing() as (connection, generation):
+                self._write_all(
+                    connection, prepared, source, generation, replace, report
+                )
         except _NothingChanged:
             pass
         return report
 
-    def _write_all(
-        self,
-        prepared: Iterable[tuple[str, _Contribution]],
-        source: str,
-        replace: bool,
-        holder: list[int],
-        report: ImportReport,
-    ) -> None:
-        with self._writing() as (connection, generation):
-            holder[0] = generation
-            connection.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS incoming (key TEXT PRIMARY KEY)"
-            )
-            next_id = connection.execute(
-                "SELECT coalesce(max(id), 0) + 1 FROM indicators"
-            ).fetchone()[0]
-            for chunk in _chunks(prepared, _CHUNK):
-                next_id = self._write_chunk(
-                    connection, chunk, source, generation, replace, next_id, report
-                )
-            if replace:
-                self._remove_stale(connection, source, generation, report)
-            connection.execute("DELETE FROM temp.incoming")
-            if not report.changed:
-                # Nothing to commit; leave the generation as it was.
-                raise _NothingChanged()
-
     def _prepare(
-        self,
-        indicators: Iterable[Indicator],
-        source: str,
-        now: int,
-        generation: list[int],
-        report: ImportReport,
-    ) -> Iterator[tuple[str, _Contribution]]:
+        self, indicators: Iterable[Indicator], now: int, report: ImportReport
+    ) -> Iterator[_Staged]:
+        """
+        Check each indicator and turn it into a row of the C{staged} table;
+        rejected ones go to the report.
+        """
+        # A reader's list was checked as it was made; checking each value
+        # again would detect its type twice.
+        trusted = isinstance(indicators, CheckedIndicators) and indicators.checked
         for index, indicator in enumerate(indicators, 1):
+            value = indicator.value
             try:
-                check_type(indicator.value, indicator.type)
-                key = normalise(indicator.value, indicator.type)
-                for tag in indicator.tags:
+                if not trusted:
+                    check_type(value, indicator.type)
+                key = normalise(value, indicator.type)
+                tags = _unique_tags(indicator.tags)
+                for tag in tags:
                     _check_name("tag", tag)
-                fields = dict(indicator.custom_fields) or None
-                if fields is not None:
-                    json.dumps(fields)
+                fields = indicator.custom_fields
+                dumped = json.dumps(dict(fields), sort_keys=True) if fields else None
             except (ValueError, TypeError) as e:
-                report.rejected.append(Reject(index, indicator.value, str(e)))
+                report.rejected.append(Reject(index, value, str(e)))
                 continue
+            first, last, expiration = (
+                indicator.first_seen,
+                indicator.last_seen,
+                indicator.expiration,
+            )
             yield (
                 key,
-                _Contribution(
-                    source=source,
-                    seq=generation[0],
-                    value=indicator.value,
-                    type=indicator.type.value,
-                    score=int(indicator.score),
-                    tags=_unique_tags(indicator.tags),
-                    first_seen=_time(indicator.first_seen, now),
-                    last_seen=_time(indicator.last_seen, now),
-                    expiration=(
-                        None
-                        if indicator.expiration is None
-                        else time_stamp(indicator.expiration)
-                    ),
-                    custom_fields=fields,
-                ),
+                None if value == key else value,
+                indicator.type.value,
+                int(indicator.score),
+                _SEPARATOR.join(tags),
+                now if first is None else time_stamp(first),
+                now if last is None else time_stamp(last),
+                None if expiration is None else time_stamp(expiration),
+                dumped,
             )
 
-    def _write_chunk(
+    def _write_all(
         self,
         connection: sqlite3.Connection,
-        chunk: list[tuple[str, _Contribution]],
+        prepared: Iterable[_Staged],
         source: str,
         generation: int,
         replace: bool,
-        next_id: int,
         report: ImportReport,
-    ) -> int:
-        incoming: dict[str, _Contribution] = {}
-        for key, contribution in chunk:
-            earlier = incoming.get(key)
-            if earlier is not None:
-                report.duplicates += 1
-                contribution = _combine(earlier, contribution)
-            incoming[key] = contribution
+    ) -> None:
+        """
+        Store a source's indicators, set-based: they are staged in a
+        temporary table, and each step below is one statement over all of
+        them. Only indicators that several sources list, and repeated
+        statements of one source whose tags or custom fields must be
+        combined, are merged in Python.
+        """
+        connection.execute("DROP TABLE IF EXISTS temp.staged")
+        connection.execute(_STAGED_TABLE)
+        last_id = connection.execute(
+            "SELECT coalesce(max(id), 0) FROM indicators"
+        ).fetchone()[0]
+        self._stage(connection, prepared, last_id + 1, report)
+        self._resolve(connection, source, replace)
+        counts = connection.execute(
+            "SELECT count(*) - count(existed), count(existed) FROM temp.staged"
+        ).fetchone()
+        report.added, report.updated = counts
 
-        connection.execute("DELETE FROM temp.incoming")
-        connection.executemany(
-            "INSERT INTO temp.incoming (key) VALUES (?)", ((k,) for k in incoming)
-        )
-        existing = {
-            row[1]: row
-            for row in connection.execute(
-                "SELECT i.id, i.key, i.value FROM temp.incoming AS k "
-                "JOIN indicators AS i ON i.key = k.key"
-            )
-        }
-        others: dict[int, dict[str, _Contribution]] = {}
-        if existing:
-            for row in connection.execute(
-                "SELECT c.indicator_id, c.source, c.seq, c.type, c.score, "
-                "c.tags, c.first_seen, c.last_seen, c.expiration, c.custom_fields "
-                "FROM temp.incoming AS k JOIN indicators AS i ON i.key = k.key "
-                "JOIN contributions AS c ON c.indicator_id = i.id"
-            ):
-                others.setdefault(row[0], {})[row[1].lower()] = _load(row[1:])
-
-        new_rows = []
-        updated_rows = []
-        contribution_rows = []
-        tag_rows: list[tuple[str, int]] = []
-        retagged = []
-        for key, contribution in incoming.items():
-            found = existing.get(key)
-            if found is None:
-                indicator_id, next_id = next_id, next_id + 1
-                value = None if contribution.value == key else contribution.value
-                merged = _merge(value, (contribution,))
-                new_rows.append((indicator_id, key, *merged))
-                report.added += 1
-            else:
-                indicator_id = found[0]
-                contributions = others.get(indicator_id, {})
-                earlier = contributions.get(source.lower())
-                if earlier is not None and earlier.seq == generation:
-                    report.duplicates += 1
-                    contribution = _combine(earlier, contribution)
-                elif earlier is not None and not replace:
-                    contribution = _combine(earlier, contribution)
-                    report.updated += 1
-                else:
-                    if earlier is not None:
-                        contribution = contribution._replace(
-                            first_seen=min(earlier.first_seen, contribution.first_seen)
-                        )
-                    report.updated += 1
-                contributions[source.lower()] = contribution
-                merged = _merge(found[2], contributions.values())
-                updated_rows.append((*merged[1:], indicator_id))
-                retagged.append((indicator_id,))
-            contribution_rows.append(_dump(indicator_id, contribution))
-            tag_rows.extend(
-                (tag, indicator_id) for tag in merged.tags.split(_SEPARATOR) if tag
-            )
-
-        # Keys in order make the inserts walk the table's B-tree once.
-        new_rows.sort(key=lambda row: row[1])
-        tag_rows.sort()
-        connection.executemany(
-            "INSERT INTO indicators (id, key, value, type, score, tags, sources, "
-            "first_seen, last_seen, expiration, custom_fields) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            new_rows,
-        )
-        connection.executemany(
-            "UPDATE indicators SET type = ?, score = ?, tags = ?, sources = ?, "
-            "first_seen = ?, last_seen = ?, expiration = ?, custom_fields = ? "
-            "WHERE id = ?",
-            updated_rows,
-        )
-        connection.executemany(
+        # The source's contributions, then the indicators listed by this
+        # source alone (their row is the contribution), then those that
+        # other sources list too. A replaced contribution keeps its first
+        # sighting.
+        first_seen = "min(s.first_seen, coalesce(s.old_first, s.first_seen))"
+        connection.execute(
             "INSERT OR REPLACE INTO contributions (indicator_id, source, seq, type, "
             "score, tags, first_seen, last_seen, expiration, custom_fields) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            contribution_rows,
+            f"SELECT id, ?, ?, type, score, tags, {first_seen}, last_seen, "
+            "expiration, custom_fields FROM temp.staged AS s ORDER BY id",
+            (source, generation),
         )
-        connection.executemany(
-            "DELETE FROM indicator_tags WHERE indicator_id = ?", retagged
+        connection.execute(
+            "INSERT INTO indicators (id, key, value, type, score, tags, sources, "
+            "first_seen, last_seen, expiration, custom_fields) "
+            "SELECT id, key, value, type, score, tags, ?, first_seen, "
+            "last_seen, expiration, custom_fields FROM temp.staged "
+            "WHERE existed IS NULL ORDER BY key",
+            (source,),
         )
-        connection.executemany(
-            "INSERT OR IGNORE INTO indicator_tags (tag, indicator_id) VALUES (?, ?)",
-            tag_rows,
+        connection.execute(
+            "UPDATE indicators SET type = s.type, score = s.score, tags = s.tags, "
+            f"sources = ?, first_seen = {first_seen}, last_seen = s.last_seen, "
+            "expiration = s.expiration, custom_fields = s.custom_fields "
+            "FROM temp.staged AS s "
+            "WHERE s.key = indicators.key AND s.existed AND NOT s.others",
+            (source,),
         )
-        return next_id
+        retag = "existed AND NOT others AND tags IS NOT old_tags"
+        connection.execute(
+            "DELETE FROM indicator_tags "
+            f"WHERE indicator_id IN (SELECT id FROM temp.staged WHERE {retag})"
+        )
+        tagged = f"tags <> '' AND (existed IS NULL OR ({retag}))"
+        # Most indicators have one tag, which needs no splitting.
+        connection.execute(
+            "INSERT OR IGNORE INTO indicator_tags (tag, indicator_id) "
+            f"SELECT tags, id FROM temp.staged WHERE {tagged} "
+            "AND instr(tags, char(31)) = 0 ORDER BY tags COLLATE NOCASE, id"
+        )
+        connection.execute(
+            _INSERT_TAGS.format(
+                listed=f"SELECT id, tags FROM temp.staged WHERE {tagged} "
+                "AND instr(tags, char(31)) > 0"
+            )
+        )
+        shared = [
+            row[0]
+            for row in connection.execute(
+                "SELECT id FROM temp.staged WHERE others ORDER BY id"
+            )
+        ]
+        self._remerge(connection, shared)
+
+        if replace:
+            self._remove_stale(connection, source, generation, report)
+        connection.execute("DROP TABLE temp.staged")
+        if not report.changed:
+            # Nothing to commit; leave the generation as it was.
+            raise _NothingChanged()
+
+    def _stage(
+        self,
+        connection: sqlite3.Connection,
+        prepared: Iterable[_Staged],
+        next_id: int,
+        report: ImportReport,
+    ) -> None:
+        """
+        Fill the C{staged} table, one row per key; a value given more than
+        once is combined into its first statement. Each row gets an id from
+        C{next_id} on, kept if its indicator turns out to be new.
+        """
+        for chunk in _chunks(prepared, _CHUNK):
+            rows: dict[str, _Staged] = {}
+            for row in chunk:
+                earlier = rows.get(row[0])
+                if earlier is not None:
+                    report.duplicates += 1
+                    row = _combine_rows(earlier, row)
+                rows[row[0]] = row
+            # Keys in order walk the table's B-tree once.
+            ordered = sorted(rows.values())
+            before = connection.total_changes
+            connection.executemany(
+                "INSERT INTO temp.staged (key, value, type, score, tags, first_seen, "
+                "last_seen, expiration, custom_fields, id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+                [(*row, next_id + n) for n, row in enumerate(ordered)],
+            )
+            next_id += len(ordered)
+            repeats = len(ordered) - (connection.total_changes - before)
+            if repeats:
+                # Values also given in an earlier chunk: rare enough to
+                # combine one by one.
+                report.duplicates += repeats
+                for row in ordered:
+                    staged = connection.execute(
+                        "SELECT key, value, type, score, tags, first_seen, "
+                        "last_seen, expiration, custom_fields FROM temp.staged "
+                        "WHERE key = ?",
+                        (row[0],),
+                    ).fetchone()
+                    if tuple(staged) != row:
+                        combined = _combine_rows(staged, row)
+                        connection.execute(
+                            "UPDATE temp.staged SET value = ?, type = ?, score = ?, "
+                            "tags = ?, first_seen = ?, last_seen = ?, "
+                            "expiration = ?, custom_fields = ? WHERE key = ?",
+                            (*combined[1:], combined[0]),
+                        )
+
+    def _resolve(
+        self, connection: sqlite3.Connection, source: str, replace: bool
+    ) -> None:
+        """
+        Find, for each staged row, its indicator if the store has it, what
+        the source said about it before, and whether other sources list
+        it. When adding, combine what the source says now with what it
+        said before.
+        """
+        if connection.execute("SELECT 1 FROM indicators LIMIT 1").fetchone() is None:
+            return
+        # Looking for other sources costs a third of this statement; a
+        # store that only this source fills needs none (two index probes
+        # tell).
+        alone = not connection.execute(
+            "SELECT EXISTS (SELECT 1 FROM contributions WHERE source < ?) "
+            "OR EXISTS (SELECT 1 FROM contributions WHERE source > ?)",
+            (source, source),
+        ).fetchone()[0]
+        others = (
+            "0"
+            if alone
+            else "EXISTS (SELECT 1 FROM contributions AS o "
+            "WHERE o.indicator_id = i.id AND o.source <> :source)"
+        )
+        connection.execute(
+            "UPDATE temp.staged SET id = i.id, existed = 1, "
+            "old_tags = c.tags, old_first = c.first_seen, old_last = c.last_seen, "
+            f"old_fields = c.custom_fields, others = {others} "
+            "FROM indicators AS i LEFT JOIN contributions AS c "
+            "ON c.indicator_id = i.id AND c.source = :source "
+            "WHERE i.key = staged.key",
+            {"source": source},
+        )
+        if replace:
+            return
+
+        # Tags and custom fields add up; equal or empty ones are combined
+        # here, the others in Python.
+        connection.execute(
+            "UPDATE temp.staged SET "
+            "first_seen = min(first_seen, old_first), "
+            "last_seen = max(last_seen, old_last), "
+            "tags = CASE WHEN tags = '' THEN old_tags ELSE tags END, "
+            "custom_fields = coalesce(custom_fields, old_fields), "
+            "mixed = (tags <> '' AND old_tags NOT IN ('', tags)) OR "
+            "(custom_fields IS NOT NULL AND old_fields IS NOT NULL "
+            "AND custom_fields <> old_fields) "
+            "WHERE old_first IS NOT NULL"
+        )
+        mixed = connection.execute(
+            "SELECT key, tags, custom_fields, old_tags, old_fields "
+            "FROM temp.staged WHERE mixed"
+        ).fetchall()
+        for key, tags, fields, old_tags, old_fields in mixed:
+            combined_fields = {**_load_fields(old_fields), **_load_fields(fields)}
+            connection.execute(
+                "UPDATE temp.staged SET tags = ?, custom_fields = ? WHERE key = ?",
+                (
+                    _SEPARATOR.join(_unique_tags(_split(old_tags) + _split(tags))),
+                    _dump_fields(combined_fields),
+                    key,
+                ),
+            )
+
+    def _remerge(self, connection: sqlite3.Connection, ids: Sequence[int]) -> None:
+        """
+        Recompute the rows of these indicators from all their contributions.
+        """
+        for chunk in _chunks(ids, _CHUNK):
+            _fill_affected(connection, chunk)
+            self._rewrite(connection, _load_affected(connection))
+            connection.execute("DELETE FROM temp.affected")
 
     def _remove_stale(
         self,
@@ -893,16 +1084,43 @@ class IndicatorStore:
         generation: int,
         report: ImportReport,
     ) -> None:
-        stale = [
-            row[0]
-            for row in connection.execute(
-                "SELECT indicator_id FROM contributions WHERE source = ? AND seq < ?",
-                (source, generation),
-            )
+        """
+        Remove the contributions of C{source} that the write did not
+        renew, and the indicators left without any.
+        """
+        connection.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS stale "
+            "(id INTEGER PRIMARY KEY, kept INTEGER)"
+        )
+        connection.execute("DELETE FROM temp.stale")
+        report.removed = connection.execute(
+            "INSERT INTO temp.stale (id) SELECT indicator_id FROM contributions "
+            "WHERE source = ? AND seq < ?",
+            (source, generation),
+        ).rowcount
+        if not report.removed:
+            return
+        connection.execute(
+            "DELETE FROM contributions WHERE source = ? AND seq < ?",
+            (source, generation),
+        )
+        connection.execute(
+            "UPDATE temp.stale SET kept = EXISTS ("
+            "SELECT 1 FROM contributions WHERE indicator_id = stale.id)"
+        )
+        connection.execute(
+            "DELETE FROM indicator_tags "
+            "WHERE indicator_id IN (SELECT id FROM temp.stale WHERE NOT kept)"
+        )
+        connection.execute(
+            "DELETE FROM indicators "
+            "WHERE id IN (SELECT id FROM temp.stale WHERE NOT kept)"
+        )
+        kept = [
+            row[0] for row in connection.execute("SELECT id FROM temp.stale WHERE kept")
         ]
-        for chunk in _chunks(stale, _CHUNK):
-            report.removed += len(chunk)
-            self._drop_contributions(connection, chunk, source)
+        connection.execute("DELETE FROM temp.stale")
+        self._remerge(connection, kept)
 
     def _drop_contributions(
         self,
@@ -916,14 +1134,7 @@ class IndicatorStore:
 
         :returns: how many indicators were deleted.
         """
-        connection.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS affected (id INTEGER PRIMARY KEY)"
-        )
-        connection.execute("DELETE FROM temp.affected")
-        connection.executemany(
-            "INSERT OR IGNORE INTO temp.affected (id) VALUES (?)",
-            ((i,) for i in indicator_ids),
-        )
+        _fill_affected(connection, indicator_ids)
         if source is None:
             connection.execute(
                 "DELETE FROM contributions "
@@ -935,13 +1146,7 @@ class IndicatorStore:
                 "AND indicator_id IN (SELECT id FROM temp.affected)",
                 (source,),
             )
-        remaining: dict[int, list[_Contribution]] = {}
-        for row in connection.execute(
-            "SELECT c.indicator_id, c.source, c.seq, c.type, c.score, "
-            "c.tags, c.first_seen, c.last_seen, c.expiration, c.custom_fields "
-            "FROM temp.affected AS a JOIN contributions AS c ON c.indicator_id = a.id"
-        ):
-            remaining.setdefault(row[0], []).append(_load(row[1:]))
+        remaining = _load_affected(connection)
         self._rewrite(connection, remaining)
         gone = [(i,) for i in indicator_ids if i not in remaining]
         connection.executemany("DELETE FROM indicators WHERE id = ?", gone)
@@ -1121,10 +1326,6 @@ def _check_name(what: str, name: str) -> None:
         raise ValueError(f"The {what} name {name!r} contains a control character.")
 
 
-def _time(moment: datetime | None, default: int) -> int:
-    return default if moment is None else time_stamp(moment)
-
-
 def _load(row: Sequence[Any]) -> _Contribution:
     source, seq, type_, score, tags, first, last, expiration, fields = row
     return _Contribution(
@@ -1141,19 +1342,59 @@ def _load(row: Sequence[Any]) -> _Contribution:
     )
 
 
-def _dump(indicator_id: int, c: _Contribution) -> tuple[Any, ...]:
+def _split(text: str | None) -> tuple[str, ...]:
+    return tuple(text.split(_SEPARATOR)) if text else ()
+
+
+def _load_fields(text: str | None) -> dict[str, Any]:
+    return json.loads(text) if text else {}
+
+
+def _combine_rows(old: Sequence[Any], new: _Staged) -> _Staged:
+    """
+    Merge a new statement of a source about an indicator (a row of the
+    C{staged} table) into its earlier one: tags and custom fields add up,
+    the value stays the first one given, the rest is the newer word.
+    """
+    fields = {**_load_fields(old[8]), **_load_fields(new[8])}
     return (
-        indicator_id,
-        c.source,
-        c.seq,
-        c.type,
-        c.score,
-        _SEPARATOR.join(c.tags),
-        c.first_seen,
-        c.last_seen,
-        c.expiration,
-        _dump_fields(c.custom_fields),
+        new[0],
+        old[1],
+        new[2],
+        new[3],
+        _SEPARATOR.join(_unique_tags(_split(old[4]) + _split(new[4]))),
+        min(old[5], new[5]),
+        max(old[6], new[6]),
+        new[7],
+        _dump_fields(fields),
     )
+
+
+def _fill_affected(connection: sqlite3.Connection, ids: Iterable[int]) -> None:
+    """
+    Put these indicator ids in the C{affected} table, alone.
+    """
+    connection.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS affected (id INTEGER PRIMARY KEY)"
+    )
+    connection.execute("DELETE FROM temp.affected")
+    connection.executemany(
+        "INSERT OR IGNORE INTO temp.affected (id) VALUES (?)", ((i,) for i in ids)
+    )
+
+
+def _load_affected(connection: sqlite3.Connection) -> dict[int, list[_Contribution]]:
+    """
+    Return the contributions to the indicators of the C{affected} table.
+    """
+    found: dict[int, list[_Contribution]] = {}
+    for row in connection.execute(
+        "SELECT c.indicator_id, c.source, c.seq, c.type, c.score, "
+        "c.tags, c.first_seen, c.last_seen, c.expiration, c.custom_fields "
+        "FROM temp.affected AS a JOIN contributions AS c ON c.indicator_id = a.id"
+    ):
+        found.setdefault(row[0], []).append(_load(row[1:]))
+    return found
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
