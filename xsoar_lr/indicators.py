@@ -97,8 +97,8 @@ class Indicator:
 
 # Type detection and normalisation.
 #
-# The rules, in the order they are tried (docs/indicators.rst repeats them for
-# users):
+# The rules, in the order they are tried (the "Type rules" section of
+# README.rst repeats them for users):
 #
 # 1. A value with a scheme (``http://``, ``hxxps://``, ``ftp://``...) is a URL.
 # 2. A dotted quad is an IP; a dotted quad with ``/0`` to ``/32`` is a CIDR.
@@ -285,7 +285,7 @@ def shown(value: object, limit: int = 80) -> str:
 def detect_type(value: str) -> IndicatorType:
     """
     Find the type of an indicator value by the rules documented in
-    C{docs/indicators.rst}.
+    the "Type rules" section of README.rst.
 
     :param value: the value, without surrounding spaces.
     :returns: its type.
