@@ -22,7 +22,11 @@ What runs, each in its own process:
   TLS options), routing C{/instance/execute/bench} to the instance;
 - nginx: a TLS reverse proxy with upstream keep-alive, configured from
   C{bench/nginx-gateway.conf.template}, with one worker like the gateway;
-- stock: C{twisted.web.proxy.ReverseProxyResource} over TLS at the same path.
+- stock: C{twisted.web.proxy.ReverseProxyResource} over TLS at the same path;
+- the instance's site itself over TLS with no proxy: the most one Twisted TLS
+  process does here, so the ceiling for any gateway written with Twisted;
+- with C{--processes N}, also N gateway processes sharing one port through
+  C{SO_REUSEPORT}, and nginx with N workers.
 
 All TLS servers use one self-signed certificate from
 L{xsoar_lr.tls.ensure_self_signed}. C{wrk} (one thread, keep-alive) loads each
@@ -1226,6 +1230,22 @@ def _parse_connections(text: str) -> list[int]:
     return counts
 
 
+def _bounded(option: str, low: int, high: int) -> Callable[[str], int]:
+    # An integer option with its range in the error message.
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{option} takes a whole number from {low} to {high}; got {text!r}"
+            )
+        return value
+
+    return parse
+
+
 def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     """
     The command line of the benchmark (and of its server children).
@@ -1242,51 +1262,45 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--duration",
-        type=int,
+        type=_bounded("--duration", 1, 60),
         default=4,
-        choices=range(1, 61),
         metavar="SECONDS",
         help="seconds per measured run, 1 to 60 (default 4)",
     )
     parser.add_argument(
         "--warmup",
-        type=int,
+        type=_bounded("--warmup", 0, 10),
         default=1,
-        choices=range(11),
         metavar="SECONDS",
         help="seconds of warm-up before each run, 0 to 10 (default 1)",
     )
     parser.add_argument(
         "--rounds",
-        type=int,
+        type=_bounded("--rounds", 1, 10),
         default=1,
-        choices=range(1, 11),
         metavar="N",
         help="run the whole matrix N times, interleaved, and report each "
         "cell's median round by req/s, against a busy machine (default 1)",
     )
     parser.add_argument(
         "--handshake-connections",
-        type=int,
+        type=_bounded("--handshake-connections", 1, 256),
         default=16,
-        choices=range(1, 257),
         metavar="N",
         help="connections for the handshake table (default 16)",
     )
     parser.add_argument(
         "--processes",
-        type=int,
+        type=_bounded("--processes", 1, 8),
         default=1,
-        choices=range(1, 9),
         metavar="N",
         help="also measure N gateway processes on one port (SO_REUSEPORT) "
         "against nginx with N workers (default 1: not measured)",
     )
     parser.add_argument(
         "--profile",
-        type=int,
+        type=_bounded("--profile", 0, 60),
         default=0,
-        choices=range(61),
         metavar="SECONDS",
         help="after the tables, profile the gateway under load for this many "
         "seconds per payload (py-spy, else cProfile); 0 (default) skips it",

@@ -35,18 +35,27 @@ from urllib.parse import unquote_to_bytes, urlsplit
 
 import attrs
 import netaddr
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+)
 from twisted.internet.error import (
     ConnectError,
     ConnectingCancelledError,
     ConnectionDone,
 )
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web._newclient import Request as ClientRequest
 from twisted.web.client import (
     UNKNOWN_LENGTH,
+    URI,
     Agent,
     FileBodyProducer,
     HTTPConnectionPool,
@@ -54,13 +63,14 @@ from twisted.web.client import (
     ResponseFailed,
     _HTTP11ClientFactory,
 )
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http import (
     HTTPChannel,
     PotentialDataLoss,
     _GenericHTTPChannelProtocol,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, IResponse
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer, IResponse
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
@@ -81,6 +91,7 @@ __all__ = [
     "GatewayRequest",
     "GatewayRoot",
     "GatewaySite",
+    "InstanceEndpoints",
     "InstanceProxyResource",
     "RouteTable",
     "build_routes",
@@ -119,7 +130,14 @@ _GATEWAY_SET = frozenset(
     }
 )
 
+#: What is never forwarded from a client: hop-by-hop headers and the
+#: gateway's own.
+_NOT_FORWARDED = HOP_BY_HOP | _GATEWAY_SET
+
 _ROUTE_PREFIX = b"/instance/execute/"
+
+#: A request whose route was not looked up yet.
+_UNRESOLVED = object()
 
 #: A chunked request body up to this size is collected and sent to the
 #: instance with a C{Content-Length} (some application servers refuse
@@ -129,6 +147,13 @@ CHUNKED_COLLECT_LIMIT = 64 * 1024
 #: Request body bytes held for an instance that is not reading yet, before
 #: the client is paused.
 UPLOAD_HIGH_WATER = 256 * 1024
+
+#: Response bytes a client connection buffers before the instance is paused
+#: (Twisted's default is 64 KiB). The instance's connection reads 64 KiB at
+#: a time, so with the default every read of a large answer paused and
+#: resumed the instance; with this, only a client that really falls behind
+#: does. Memory stays bounded by this much per client connection.
+CLIENT_WRITE_BUFFER = 256 * 1024
 
 #: Request targets are ASCII without controls or spaces (RFC 9112 section
 #: 3.2); anything else must be percent-encoded by the client.
@@ -730,9 +755,30 @@ class InstanceProxyResource(ReverseProxyResource):  # type: ignore[misc]
         self.settings = settings or RouteConfig(response_timeout=response_timeout)
         self.policy = policy or GatewayPolicy()
         pool = getattr(agent, "_pool", None)
+        given = getattr(agent, "_endpointFactory", None)
+        if settings is not None:
+            connect_timeout = settings.connect_timeout
+        elif isinstance(given, InstanceEndpoints):
+            connect_timeout = given.connect_timeout
+        else:
+            # A stock Agent keeps its connect timeout here.
+            connect_timeout = (
+                getattr(given, "_connectTimeout", None) or self.settings.connect_timeout
+            )
+        endpoints = InstanceEndpoints(reactor, connect_timeout)
         if settings is not None and pool is not None:
-            agent = Agent(reactor, connectTimeout=settings.connect_timeout, pool=pool)
+            agent = Agent.usingEndpointFactory(reactor, endpoints, pool)
         self.agent = agent
+
+        # What is the same for every request, computed once: the endpoint
+        # and pool key of the instance, the URL prefix and the Host value.
+        self._pool: HTTPConnectionPool | None = pool
+        self._endpoint = endpoints.endpoint(host, port)
+        authority = b"%s:%d" % (_url_host(host), port)
+        self._pool_key = (b"http", authority)
+        self._url_prefix = b"http://" + authority
+        # As Agent writes it: no port when it is HTTP's own.
+        self._host_value = _url_host(host) if port == 80 else authority
         self.state = state
         self.retry_after = retry_after or (lambda name: 1)
         self.response_timeout = self.settings.response_timeout
@@ -770,7 +816,8 @@ class InstanceProxyResource(ReverseProxyResource):  # type: ignore[misc]
         C{X-Request-URI}.
         """
         incoming = request.requestHeaders
-        dropped = HOP_BY_HOP | _GATEWAY_SET | _connection_listed(incoming)
+        listed = _connection_listed(incoming)
+        dropped = _NOT_FORWARDED | listed if listed else _NOT_FORWARDED
         headers = Headers()
         for name, values in incoming.getAllRawHeaders():
             if name.lower() not in dropped:
@@ -782,6 +829,9 @@ class InstanceProxyResource(ReverseProxyResource):  # type: ignore[misc]
         host = incoming.getRawHeaders(b"host")
         if host:
             headers.setRawHeaders(b"x-forwarded-host", [host[0]])
+        else:
+            # As Agent would: an HTTP/1.0 client may send no Host.
+            headers.setRawHeaders(b"host", [self._host_value])
         headers.setRawHeaders(b"x-forwarded-prefix", [self.route_prefix(request)])
         headers.setRawHeaders(b"x-request-uri", [request.uri])
         return headers
@@ -871,14 +921,23 @@ class InstanceProxyResource(ReverseProxyResource):  # type: ignore[misc]
         """
         Send the request to the instance.
         """
-        url = b"http://%s:%d%s" % (
-            _url_host(self.host),
-            self.port,
-            self.upstream_uri(request),
-        )
-        d = self.agent.request(
-            request.method, url, self.upstream_headers(request), body
-        )
+        target = _origin_form(self.upstream_uri(request))
+        headers = self.upstream_headers(request)
+        pool = self._pool
+        d: Deferred[IResponse]
+        if pool is None:
+            d = self.agent.request(
+                request.method, self._url_prefix + target, headers, body
+            )
+        else:
+            # What Agent.request does, less parsing the URL and building an
+            # endpoint for every request. Request checks the method and the
+            # target as Agent does.
+            outgoing = ClientRequest(
+                request.method, target, headers, body, persistent=pool.persistent
+            )
+            connecting = pool.getConnection(self._pool_key, self._endpoint)
+            d = connecting.addCallback(_send_request, outgoing)
         exchange = _Exchange(self, d)
         if isinstance(body, _UploadBody):
             exchange.upload = body
@@ -922,10 +981,12 @@ class InstanceProxyResource(ReverseProxyResource):  # type: ignore[misc]
             )
             self.policy.throttle.failed(client, self.name)
         request.setResponseCode(response.code, response.phrase)
-        dropped = HOP_BY_HOP | _connection_listed(response.headers)
+        listed = _connection_listed(response.headers)
+        dropped = HOP_BY_HOP | listed if listed else HOP_BY_HOP
         for name, values in response.headers.getAllRawHeaders():
-            if name.lower() not in dropped:
-                if name.lower() == b"location":
+            lower = name.lower()
+            if lower not in dropped:
+                if lower == b"location":
                     values = [self.rewrite_location(request, v) for v in values]
                 request.responseHeaders.setRawHeaders(name, list(values))
         if (
@@ -1019,6 +1080,20 @@ class InstanceProxyResource(ReverseProxyResource):  # type: ignore[misc]
         request.finish()
 
 
+def _origin_form(target: bytes) -> bytes:
+    # The target as Agent sends it after parsing the URL: no fragment, no
+    # empty query, no empty parameters. Only a target with one of those
+    # needs parsing.
+    if b"#" in target or b";" in target or target.endswith(b"?"):
+        return URI.fromBytes(b"http://instance" + target).originForm
+    return target
+
+
+def _send_request(connection: Any, outgoing: ClientRequest) -> Deferred[IResponse]:
+    sent: Deferred[IResponse] = connection.request(outgoing)
+    return sent
+
+
 def _has_client_certificate(request: Request) -> bool:
     channel = getattr(request, "channel", None)
     transport = getattr(channel, "transport", None)
@@ -1083,6 +1158,14 @@ class RouteTable:
         tree decides it (the URL-decoded third path segment), or C{None}.
         """
         path = target.split(b"?", 1)[0]
+        if path.startswith(_ROUTE_PREFIX):
+            # The common spelling, with a name that needs no decoding.
+            segment = path[len(_ROUTE_PREFIX) :].split(b"/", 1)[0]
+            if b"%" not in segment:
+                try:
+                    return self.lookup(segment.decode("utf-8"))
+                except UnicodeDecodeError:
+                    return None
         if not path.startswith(b"/"):
             return None
         segments = path[1:].split(b"/", 3)
@@ -1159,6 +1242,8 @@ class GatewayRequest(Request):
     log = Logger()
 
     gateway_verdict: _Verdict | None = None
+    #: The route the request target reached when its headers arrived.
+    gateway_route: InstanceProxyResource | None | object = _UNRESOLVED
     exchange: _Exchange | None = None
     admitted = False
     _rejected = False
@@ -1195,6 +1280,7 @@ class GatewayRequest(Request):
             )
             return
         route = site.table.resolve(target)
+        self.gateway_route = route
         if route is None:
             if length is not None and length > self._limit:
                 self._refuse_too_large(length)
@@ -1344,6 +1430,10 @@ class GatewayChannel(HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        # The socket's transport, under TLS if there is TLS.
+        transport: Any = getattr(self.transport, "transport", self.transport)
+        if hasattr(transport, "bufferSize"):
+            transport.bufferSize = CLIENT_WRITE_BUFFER
         self._arm_header_deadline()
 
     def dataReceived(self, data: bytes) -> None:
@@ -1467,7 +1557,9 @@ class GatewaySite(Site):
         """
         super().log(request)
         if self.metrics is not None:
-            route = self.table.resolve(request.uri or b"")
+            route = getattr(request, "gateway_route", _UNRESOLVED)
+            if not isinstance(route, InstanceProxyResource):
+                route = self.table.resolve(request.uri or b"")
             self.metrics.observe_request(
                 None if route is None else route.name,
                 request.code,
@@ -1484,15 +1576,72 @@ class GatewaySite(Site):
         return _GenericHTTPChannelProtocol(channel)
 
 
+#: Idle connections kept open to each instance. The pool bounds only idle
+#: connections (busy ones are not counted), so it is sized for the number of
+#: requests one instance may have in progress at once: a smaller pool
+#: closes connections after a burst and opens new ones for the next.
+UPSTREAM_KEEP_ALIVE = 128
+
+#: Seconds an idle connection to an instance stays open.
+UPSTREAM_IDLE_TIMEOUT = 60
+
+
+@implementer(IAgentEndpointFactory)
+class InstanceEndpoints:
+    """
+    Connects to instances by their IP address directly: instances listen on
+    an IP literal (the configuration requires one), so no name is resolved
+    and no thread is used per connection, unlike C{HostnameEndpoint}.
+
+    :ivar connect_timeout: seconds to wait for a connection.
+    """
+
+    def __init__(self, reactor: Any, connect_timeout: float) -> None:
+        self.reactor = reactor
+        self.connect_timeout = connect_timeout
+
+    def endpoint(
+        self, host: str, port: int, connect_timeout: float | None = None
+    ) -> IStreamClientEndpoint:
+        """
+        The endpoint of the instance listening on C{host} and C{port}.
+
+        :param host: an IPv4 or IPv6 address (a wildcard address means this
+            machine); a name is resolved on every connection.
+        :param connect_timeout: seconds to wait for a connection, if not
+            C{connect_timeout}.
+        """
+        timeout = self.connect_timeout if connect_timeout is None else connect_timeout
+        address = _url_host(host).strip(b"[]").decode("ascii")
+        if isIPAddress(address):
+            return TCP4ClientEndpoint(self.reactor, address, port, timeout=timeout)
+        if isIPv6Address(address):
+            return TCP6ClientEndpoint(self.reactor, address, port, timeout=timeout)
+        return HostnameEndpoint(self.reactor, address, port, timeout=timeout)
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        """
+        The endpoint for a request to C{uri} (C{http} only).
+        """
+        if uri.scheme != b"http":
+            raise SchemeNotSupported(
+                f"Instances are reached over http, not {uri.scheme!r}."
+            )
+        return self.endpoint(uri.host.decode("ascii"), uri.port)
+
+
 def make_agent(reactor: Any, connect_timeout: float) -> Agent:
     """
     The HTTP/1.1 client the gateway reaches instances with, keeping
-    connections alive between requests.
+    connections alive between requests and connecting to the instance's
+    IP address without a name lookup.
     """
     pool = _QuietPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 16
-    pool.cachedConnectionTimeout = 60
-    return Agent(reactor, connectTimeout=connect_timeout, pool=pool)
+    pool.maxPersistentPerHost = UPSTREAM_KEEP_ALIVE
+    pool.cachedConnectionTimeout = UPSTREAM_IDLE_TIMEOUT
+    return Agent.usingEndpointFactory(
+        reactor, InstanceEndpoints(reactor, connect_timeout), pool=pool
+    )
 
 
 def build_routes(
