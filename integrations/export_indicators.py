@@ -14,6 +14,8 @@ from typing import Any
 
 from twisted.web.resource import Resource
 
+from integrations.edl import ARGUMENTS as EDL_ARGUMENTS
+from integrations.edl import PARAM_NAMES as EDL_PARAM_NAMES
 from integrations.lists.instance import (
     check_parameters,
     list_parameters,
@@ -66,51 +68,16 @@ FLAVOUR = Flavour(
         "JSON": Format.JSON,
     },
     format_choices=FORMAT_CHOICES,
+    # The EDL's names, but for the two settings named differently here, and
+    # sorting, which only this integration has.
     param_names={
-        "query": "indicators_query",
+        **EDL_PARAM_NAMES,
         "size": "list_size",
-        "format": "format",
-        "fields": "fields_filter",
-        "mwg_type": "mwg_type",
         "strip_port": "strip_port",
-        "strip_protocol": "url_protocol_stripping",
-        "truncate": "url_truncate",
-        "drop_invalids": "drop_invalids",
-        "collapse": "collapse_ips",
-        "category_default": "category_default",
-        "category_attribute": "category_attribute",
-        "csv_text": "csv_text",
-        "add_comment": "add_comment_if_empty",
-        "max_cidr": "maximum_cidr_size",
-        "no_wildcard_tld": "no_wildcard_tld",
-        "enforce_ascii": "enforce_ascii",
-        "prepend": "prepend_string",
-        "append": "append_string",
         "sort_field": "sort_field",
         "sort_order": "sort_order",
     },
-    arguments=(
-        "n",
-        "s",
-        "v",
-        "q",
-        "t",
-        "sp",
-        "pr",
-        "di",
-        "tr",
-        "cd",
-        "ca",
-        "tx",
-        "ce",
-        "fi",
-        "ut",
-        "mc",
-        "nt",
-        "sf",
-        "so",
-        "nocache",
-    ),
+    arguments=(*EDL_ARGUMENTS, "sf", "so"),
     header_prefix="X-ExportIndicators-",
     list_name="Export Indicators list",
 )

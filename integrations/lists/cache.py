@@ -90,6 +90,23 @@ class SharedCalls:
         return result
 
 
+def gzipped_copy(calls: SharedCalls, built: BuiltList) -> Deferred[Path]:
+    """
+    The gzip copy of C{built}, made once (in a thread, shared by concurrent
+    requests) and kept with it.
+    """
+    if built.gzipped is not None:
+        return succeed(built.gzipped)
+
+    def made(path: Path) -> Path:
+        built.gzipped = path
+        return path
+
+    return calls.run(("gzip", built.body), lambda: compress(built.body)).addCallback(
+        made
+    )
+
+
 class ListCache:
     """
     Built lists of the periodic mode, one per distinct L{ListSettings}.
@@ -217,16 +234,7 @@ class ListCache:
         """
         Return the gzip copy of a built list, making it (once) if needed.
         """
-        if built.gzipped is not None:
-            return succeed(built.gzipped)
-
-        def made(path: Path) -> Path:
-            built.gzipped = path
-            return path
-
-        return self._calls.run(
-            ("gzip", built.body), lambda: compress(built.body)
-        ).addCallback(made)
+        return gzipped_copy(self._calls, built)
 
     def close(self) -> None:
         """
@@ -367,18 +375,9 @@ class OnDemandList:
 
     def gzipped(self, built: BuiltList) -> Deferred[Path]:
         """
-        Return the gzip copy of the list, making it (once) if needed.
+        Return the gzip copy of a built list, making it (once) if needed.
         """
-        if built.gzipped is not None:
-            return succeed(built.gzipped)
-
-        def made(path: Path) -> Path:
-            built.gzipped = path
-            return path
-
-        return self._calls.run(
-            ("gzip", built.body), lambda: compress(built.body)
-        ).addCallback(made)
+        return gzipped_copy(self._calls, built)
 
     def close(self) -> None:
         """
