@@ -630,7 +630,7 @@ class _BodyRelay(Protocol):
                 )
                 channel = request.channel
                 channel.loseConnection()  # type: ignore[attr-defined]
-                channel.callLater(  # type: ignore[attr-defined]
+                channel.callLater(  # type: ignore[attr-defined,call-arg]
                     self.flush_timeout, _abort_if_connected, request
                 )
         self.done.callback(None)
@@ -1343,7 +1343,7 @@ class GatewayRequest(Request):
         if self.exchange is not None:
             self.exchange.abort(Failure(CancelledError("request body refused")))
         channel = self.channel
-        channel.transport.write(  # type: ignore[attr-defined]
+        channel.transport.write(  # type: ignore[attr-defined,union-attr]
             verdict.raw(
                 self.gateway_site.policy.hsts_value if self.isSecure() else None
             )
@@ -1551,7 +1551,7 @@ class GatewaySite(Site):
         self.max_headers = gateway.max_headers
         self.max_body_size = gateway.route.max_body_size
 
-    def log(self, request: Request) -> None:
+    def log(self, request: Request) -> None:  # type: ignore[override]
         """
         Write the access log line, and count the request in the metrics.
         """

@@ -16,6 +16,7 @@ SQL. The condition refers to the columns of the store's C{indicators} table.
 
 from __future__ import annotations
 
+import abc
 import difflib
 import re
 import threading
@@ -528,15 +529,18 @@ class _Translator:
         return _CustomField(name)
 
 
-class _Field:
+class _Field(abc.ABC):
     """
     How one field of the query syntax is searched.
     """
 
     name = ""
 
+    @abc.abstractmethod
     def match(self, t: _Translator, term: _Term) -> str:
-        raise NotImplementedError
+        """
+        The SQL condition for C{term} on this field.
+        """
 
     def compare(self, t: _Translator, comparisons: list[_Comparison]) -> str:
         raise t.error(
