@@ -384,7 +384,7 @@ async def test_repeated_401s_are_throttled_per_address_and_instance(
             assert response.code == 401
             await text_of(response)
         blocked = await gw.request("GET", "/instance/execute/auth")
-        assert blocked.code == 429
+        assert (blocked.code, blocked.phrase) == (429, b"Too Many Requests")
         assert 100 < int(blocked.headers.getRawHeaders("retry-after")[0]) <= 120
         # Another address is not blocked.
         other = await gw.request(

@@ -189,7 +189,8 @@ def plain_text(request: Request, code: int, text: str) -> bytes:
     """
     Answer C{request} with a short plain-text body.
     """
-    request.setResponseCode(code)
+    # Twisted knows no reason phrase for some codes (429, 431).
+    request.setResponseCode(code, _PHRASES.get(code))
     request.responseHeaders.setRawHeaders(
         b"content-type", [b"text/plain; charset=utf-8"]
     )
@@ -1443,12 +1444,16 @@ class GatewayChannel(HTTPChannel):
 
     def lineReceived(self, line: bytes) -> None:
         if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
-            self._refuse(431, "The request headers are too large.")
+            self._refuse(
+                431, "The request line and headers are too large (a very long URL?)."
+            )
             return
         super().lineReceived(line)
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        self._refuse(431, "The request headers are too large.")
+        self._refuse(
+            431, "The request line and headers are too large (a very long URL?)."
+        )
 
     def headerReceived(self, line: bytes) -> bool:
         if self._receivedHeaderCount >= self.maxHeaders:
