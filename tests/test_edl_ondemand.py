@@ -237,12 +237,13 @@ def test_update_errors(config_path: Path, tmp_path: Path) -> None:
         ),
     )
     code, error = run(
-        "instances", "update", "on demand", "--format", "text", "--config", config
+        "instances", "update", "on demand", "--format", "yaml", "--config", config
     )
     assert code == 1
     assert error.startswith(
-        "The update was not recorded: Parameter 'format': 'text' is not"
+        "The update was not recorded: Parameter 'format': 'yaml' is not"
     )
+
     code, error = run(
         "instances", "update", "on demand", "--query", "type:(", "--config", config
     )
@@ -261,6 +262,14 @@ def test_update_errors(config_path: Path, tmp_path: Path) -> None:
     assert code == 1 and "broken.yaml" in error
     state = load_config(config).instance_state_dir("on demand")
     assert ondemand.read_request(state) is None
+
+    # The URL argument's spellings of a format work as well.
+    code, error = run(
+        "instances", "update", "on demand", "--format", "json", "--config", config
+    )
+    assert (code, error) == (0, "")
+    request = ondemand.read_request(state)
+    assert request is not None and request["params"] == {"format": "JSON"}
 
 
 def test_update_request_file(tmp_path: Path) -> None:

@@ -380,7 +380,8 @@ def run_export(args: argparse.Namespace) -> int:
                 raise CommandError(
                     f"Cannot write {args.output}: {e.strerror}."
                 ) from None
-            print(f"Wrote {count} indicators to {args.output}.", file=sys.stderr)
+            noun = "indicator" if count == 1 else "indicators"
+            print(f"Wrote {count} {noun} to {args.output}.", file=sys.stderr)
         else:
             write_export(results, args.format, sys.stdout)
     return 0

@@ -121,6 +121,20 @@ def add_commands(subparsers: Any) -> None:
     update.set_defaults(handler=update_instance)
 
 
+def _format_choice(flavour: Any, name: str) -> str:
+    """
+    The format parameter's value for a format named as the C{v} URL argument
+    names it (C{json}, C{mwg}, ...), so that both spellings work here too.
+    """
+    if name in flavour.format_choices:
+        return name
+    wanted = flavour.formats.get(name)
+    for choice in flavour.format_choices:
+        if wanted is not None and flavour.formats.get(choice) == wanted:
+            return str(choice)
+    return name
+
+
 def update_instance(args: argparse.Namespace) -> int:
     """
     Record an update request for an on-demand list instance.
@@ -167,6 +181,8 @@ def update_instance(args: argparse.Namespace) -> int:
                 f"Option --{option.replace('_', '-')} does not apply to "
                 f"{instance.integration} instances."
             )
+        if option == "format":
+            value = _format_choice(module.FLAVOUR, value)
         given[names[setting]] = value
     try:
         checked = validate_parameters(
