@@ -370,3 +370,12 @@ def test_dot_names_are_allowed_with_a_warning() -> None:
     assert (
         "reachable only by clients that send the path as it is" in (config.warnings[0])
     )
+
+
+def test_missing_keys_are_called_missing() -> None:
+    assert problems("instances: [{name: a}]\n") == [
+        "test.yaml:1: instance 'a': 'port' is missing; give the instance a port "
+        "of its own, from 1 to 65535.",
+        "test.yaml:1: instance 'a': 'integration' is missing; the installed "
+        "integrations are: echo.",
+    ]

@@ -52,7 +52,8 @@ def test_the_service_unit_runs_this_twistd_hardened(
         "ExecReload=/bin/kill -HUP $MAINPID",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
-        "PrivateTmp=yes",
+        # The test's files are in /tmp, which the unit must then share.
+        "PrivateTmp=no",
         f"ReadWritePaths={tmp_path / 'state'}",
         "StandardOutput=journal",
     ):
@@ -180,3 +181,31 @@ async def test_the_gateway_serves_on_a_socket_passed_as_systemd_does(
         process.send_signal(signal.SIGTERM)
         out, _ = process.communicate(timeout=60)
     assert b"Gateway listening on systemd:domain=INET:name=gateway" in out
+
+
+def test_the_unit_relaxes_only_what_the_installation_needs() -> None:
+    from xsoar_lr.commands.systemd import relaxed_settings
+
+    hardened = (
+        Path("/opt/xsoar-lr/bin/twistd"),
+        Path("/etc/x.yaml"),
+        Path("/var/lib/x"),
+    )
+    assert relaxed_settings(hardened) == ("yes", "yes")
+    assert relaxed_settings((*hardened, Path("/home/ann/x/state"))) == (
+        "read-only",
+        "yes",
+    )
+    assert relaxed_settings((Path("/root/.venv/bin/twistd"), Path("/tmp/x.yaml"))) == (
+        "read-only",
+        "no",
+    )
+    assert relaxed_settings((Path("/tmpfiles/x"),)) == ("yes", "yes")
+
+
+def test_a_relaxed_unit_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path, "ssl:8443")
+    assert main(["systemd-unit", "--config", str(path)]) == 0
+    assert "shares /tmp" in capsys.readouterr().err

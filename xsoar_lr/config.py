@@ -961,7 +961,10 @@ class _Checker:
         ):
             self.problem(
                 _line(entry, "port"),
-                f"{where}: 'port' must be a whole number from 1 to 65535, "
+                f"{where}: 'port' is missing; give the instance a port of its "
+                "own, from 1 to 65535."
+                if port is None
+                else f"{where}: 'port' must be a whole number from 1 to 65535, "
                 f"not {port!r}.",
             )
             port = 0
@@ -1028,7 +1031,10 @@ class _Checker:
             known = ", ".join(sorted(self.integrations)) or "none"
             self.problem(
                 _line(entry, "integration"),
-                f"{where}: 'integration' {integration_id!r} is not installed; "
+                f"{where}: 'integration' is missing; the installed integrations "
+                f"are: {known}."
+                if integration_id is None
+                else f"{where}: 'integration' {integration_id!r} is not installed; "
                 f"the installed integrations are: {known}.",
             )
             return dict(raw)

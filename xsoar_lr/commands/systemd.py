@@ -64,6 +64,10 @@ def service_unit(
 
     :param writable: folders besides C{state_dir} the host writes to (those
         of access logs), which the hardening would otherwise make read-only.
+
+    Home folders are hidden and C{/tmp} is private in a hardened unit; where
+    this installation or its files live there, the unit relaxes exactly that
+    setting (see L{relaxed_settings}).
     """
     command = shlex.join(
         [
@@ -74,6 +78,9 @@ def service_unit(
             "--config",
             str(config_path),
         ]
+    )
+    protect_home, private_tmp = relaxed_settings(
+        (twistd_path(), config_path, state_dir, *writable)
     )
     socket_lines = (
         f"Requires={name}.socket\nAfter={name}.socket\n" if socket_activated else ""
@@ -101,8 +108,8 @@ WorkingDirectory={state_dir}
 ReadWritePaths={" ".join(str(p) for p in (state_dir, *writable))}
 NoNewPrivileges=yes
 ProtectSystem=strict
-ProtectHome=yes
-PrivateTmp=yes
+ProtectHome={protect_home}
+PrivateTmp={private_tmp}
 PrivateDevices=yes
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
@@ -145,6 +152,29 @@ WantedBy=sockets.target
 """
 
 
+#: Where home folders are, which C{ProtectHome=yes} hides.
+HOME_FOLDERS = (Path("/home"), Path("/root"), Path("/run/user"))
+
+#: What C{PrivateTmp=yes} replaces with an empty folder of the service's own.
+TEMPORARY_FOLDERS = (Path("/tmp"), Path("/var/tmp"))
+
+
+def _under(path: Path, folders: tuple[Path, ...]) -> bool:
+    return any(path == folder or folder in path.parents for folder in folders)
+
+
+def relaxed_settings(paths: tuple[Path, ...]) -> tuple[str, str]:
+    """
+    The C{ProtectHome} and C{PrivateTmp} values that let the service reach
+    C{paths}: home folders become read-only rather than hidden when a path is
+    in one (the state folder stays writable through C{ReadWritePaths}), and
+    C{/tmp} stays shared when a path is in it.
+    """
+    protect_home = "read-only" if any(_under(p, HOME_FOLDERS) for p in paths) else "yes"
+    private_tmp = "no" if any(_under(p, TEMPORARY_FOLDERS) for p in paths) else "yes"
+    return protect_home, private_tmp
+
+
 def run_systemd_unit(args: argparse.Namespace) -> int:
     """
     Print the units for the configuration named.
@@ -168,6 +198,24 @@ def run_systemd_unit(args: argparse.Namespace) -> int:
             {log.path.parent for log in logs if log is not None} - {config.state_dir}
         )
     )
+    protect_home, private_tmp = relaxed_settings(
+        (twistd_path(), config_path, config.state_dir, *writable)
+    )
+    if protect_home != "yes" or private_tmp != "yes":
+        print(
+            "warning: this installation, its configuration or its state is in "
+            "a home folder or /tmp, so the unit "
+            + (
+                "makes home folders read-only instead of hiding them"
+                if protect_home != "yes"
+                else ""
+            )
+            + (" and " if protect_home != "yes" and private_tmp != "yes" else "")
+            + ("shares /tmp" if private_tmp != "yes" else "")
+            + "; install under /opt, keep the configuration in /etc and the "
+            "state in /var/lib for the fully hardened unit.",
+            file=sys.stderr,
+        )
     print(
         service_unit(
             config_path,
