@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from xsoar_lr.config import Config
 
 __all__ = ["main"]
 
@@ -33,6 +38,19 @@ class CommandError(Exception):
     A subcommand could not do what was asked; the message says why and what
     to do, and is printed on standard error.
     """
+
+
+def load_config_or_fail(path: str | os.PathLike[str] | None) -> Config:
+    """
+    Load a configuration for a subcommand; its problems become a
+    L{CommandError} whose message is the full report.
+    """
+    from xsoar_lr.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        raise CommandError(e.report()) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

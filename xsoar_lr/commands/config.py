@@ -11,8 +11,8 @@ import sys
 from typing import Any
 
 from xsoar_lr.api import find_integrations, mask_secrets
-from xsoar_lr.cli import CommandError
-from xsoar_lr.config import Config, ConfigError, load_config, route_for
+from xsoar_lr.cli import CommandError, load_config_or_fail
+from xsoar_lr.config import Config, route_for
 from xsoar_lr.service import public_host
 
 
@@ -69,13 +69,6 @@ def _config_path(args: argparse.Namespace) -> str | None:
     return path
 
 
-def _load(path: str | None) -> Config:
-    try:
-        return load_config(path)
-    except ConfigError as e:
-        raise CommandError(e.report()) from None
-
-
 def gateway_base(config: Config) -> str:
     """
     The gateway's base URL, as a client on this machine would use it.
@@ -117,7 +110,7 @@ def run_check(args: argparse.Namespace) -> int:
     """
     Validate and describe a configuration.
     """
-    config = _load(_config_path(args))
+    config = load_config_or_fail(_config_path(args))
     described = describe(config)
     if args.json:
         print(json.dumps(described, indent=2, default=str))
@@ -142,7 +135,7 @@ def run_routes(args: argparse.Namespace) -> int:
     """
     Print the URL of each routed instance.
     """
-    config = _load(_config_path(args))
+    config = load_config_or_fail(_config_path(args))
     base = gateway_base(config)
     for instance in config.routed_instances:
         print(base + route_for(instance.name))

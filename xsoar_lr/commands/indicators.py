@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from xsoar_lr.cli import CommandError
+from xsoar_lr.cli import CommandError, load_config_or_fail
 from xsoar_lr.importers import FORMATS, FormatError, ImportOptions, parse
 from xsoar_lr.indicators import Indicator, parse_score, parse_type
 from xsoar_lr.query import QueryError
@@ -183,13 +183,7 @@ def open_store(config_path: str | None) -> IndicatorStore:
 
     :raises CommandError: when the configuration or the store is unusable.
     """
-    from xsoar_lr.config import ConfigError, load_config
-
-    try:
-        config = load_config(config_path)
-    except ConfigError as e:
-        raise CommandError(e.report()) from None
-    return open_store_in(config.state_dir)
+    return open_store_in(load_config_or_fail(config_path).state_dir)
 
 
 def open_store_in(state_dir: Path) -> IndicatorStore:

@@ -141,13 +141,9 @@ def update_instance(args: argparse.Namespace) -> int:
     """
     from integrations.lists import ondemand
     from xsoar_lr.api import ParameterError, validate_parameters
-    from xsoar_lr.cli import CommandError
-    from xsoar_lr.config import ConfigError, load_config
+    from xsoar_lr.cli import CommandError, load_config_or_fail
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        raise CommandError(str(e)) from None
+    config = load_config_or_fail(args.config)
     try:
         instance = config.instance(args.name)
     except KeyError:

@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from xsoar_lr.cli import CommandError
-from xsoar_lr.config import ConfigError, load_config
+from xsoar_lr.cli import CommandError, load_config_or_fail
 
 #: The name that the socket unit gives the gateway's socket, and that the
 #: configuration's C{gateway.listen} names.
@@ -180,10 +179,7 @@ def run_systemd_unit(args: argparse.Namespace) -> int:
     Print the units for the configuration named.
     """
     config_path = Path(args.config).resolve()
-    try:
-        config = load_config(config_path)
-    except ConfigError as e:
-        raise CommandError(e.report()) from None
+    config = load_config_or_fail(config_path)
     activated = config.gateway.listen.startswith("systemd:")
     if args.socket is not None and not activated:
         raise CommandError(

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from xsoar_lr.cli import CommandError
+from xsoar_lr.cli import CommandError, load_config_or_fail
 
 __all__ = ["add_commands"]
 
@@ -67,12 +67,7 @@ def send_command(args: argparse.Namespace) -> int:
     """
     Handle C{xsoar-lr teams send}.
     """
-    from xsoar_lr.config import ConfigError, load_config
-
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        raise CommandError(str(e)) from None
+    config = load_config_or_fail(args.config)
     try:
         instance = config.instance(args.instance)
     except KeyError:
