@@ -132,6 +132,15 @@ def instance_payload(config: Config, instance: InstanceConfig) -> dict[str, Any]
     }
 
 
+def gateway_url(listen: str, port: int | None) -> str:
+    """
+    The gateway's base URL as a client on this machine would write it, for
+    the routed URLs shown in logs and by C{xsoar-lr}.
+    """
+    host = public_host(listen)
+    return f"https://{host}" + ("" if port in (None, 443) else f":{port}")
+
+
 def public_host(listen: str) -> str:
     """
     The host name to show in the routed URLs.
@@ -145,7 +154,51 @@ def public_host(listen: str) -> str:
     return socket.getfqdn() or "localhost"
 
 
-class GatewayService(Service):
+class _ListeningService(Service):
+    """
+    A service that listens on one endpoint from C{privilegedStartService}
+    on, so that a low port is bound before twistd sheds privileges.
+
+    :ivar listening_port: the port, once listening.
+    """
+
+    def __init__(self) -> None:
+        self.listening_port: Any = None
+
+    def listen_now(self, endpoint: Any, factory: Any) -> None:
+        """
+        Listen on C{endpoint}. Stream ports listen (or fail) at once; a
+        failure is raised here, so that twistd reports it and exits rather
+        than run without the site.
+        """
+        results: list[Any] = []
+        endpoint.listen(factory).addBoth(results.append)
+        if results and isinstance(results[0], Failure):
+            results[0].raiseException()
+        self.listening_port = results[0] if results else None
+
+    @property
+    def port(self) -> int | None:
+        """
+        The TCP port listened on, once listening.
+        """
+        if self.listening_port is None:
+            return None
+        port: int | None = getattr(self.listening_port.getHost(), "port", None)
+        return port
+
+    def stop_listening(self) -> Deferred[None]:
+        """
+        Close the listening socket; connections already open go on.
+        """
+        if self.listening_port is None:
+            return succeed(None)
+        port, self.listening_port = self.listening_port, None
+        d: Deferred[None] = maybeDeferred(port.stopListening)
+        return d
+
+
+class GatewayService(_ListeningService):
     """
     The gateway's TLS site, listening from C{privilegedStartService} on so
     that a low port is bound before twistd sheds privileges.
@@ -168,13 +221,13 @@ class GatewayService(Service):
     def __init__(
         self, config: Config, reactor: Any, supervisor: InstanceSupervisor
     ) -> None:
+        super().__init__()
         self.config = config
         self.reactor = reactor
         self.supervisor = supervisor
         self.agent = make_agent(reactor, config.gateway.connect_timeout)
         self.policy = GatewayPolicy.from_config(config.gateway, reactor)
         self.table = RouteTable()
-        self.listening_port: Any = None
         self.site: GatewaySite | None = None
         self.metrics: HostMetrics | None = None
         self.tls: ReloadingServerTLS | None = None
@@ -218,7 +271,7 @@ class GatewayService(Service):
         """
         gateway = self.config.gateway
         if gateway.certificate is not None and gateway.private_key is not None:
-            return load_pem_pair(gateway.certificate, gateway.private_key)
+            return self.read_tls_pair()
         pair, made = ensure_self_signed(self.config.state_dir / "tls")
         self.log.info(
             "{what} self-signed gateway certificate {path}",
@@ -255,13 +308,7 @@ class GatewayService(Service):
             log_access_to(
                 self.site, access_log.path, access_log.max_bytes, access_log.keep
             )
-        results: list[Any] = []
-        endpoint.listen(self.site).addBoth(results.append)
-        if results and isinstance(results[0], Failure):
-            # Listening on a stream port fails at once; let twistd report it
-            # and exit rather than run a host without its gateway.
-            results[0].raiseException()
-        self.listening_port = results[0] if results else None
+        self.listen_now(endpoint, self.site)
         self.log_routes()
 
     def tls_files(self) -> tuple[Path, Path]:
@@ -298,9 +345,7 @@ class GatewayService(Service):
         return self.tls.reload() if self.tls is not None else False
 
     def log_routes(self) -> None:
-        port = self.port
-        host = public_host(self.config.gateway.listen)
-        base = f"https://{host}" + ("" if port in (None, 443) else f":{port}")
+        base = gateway_url(self.config.gateway.listen, self.port)
         routed = self.config.routed_instances
         self.log.info(
             "Gateway listening on {listen}; {count} routed instance(s)",
@@ -317,26 +362,13 @@ class GatewayService(Service):
         if routed:
             self.log.info("Try it: curl -k {url}", url=base + route_for(routed[0].name))
 
-    @property
-    def port(self) -> int | None:
-        """
-        The TCP port the gateway listens on, once it listens.
-        """
-        if self.listening_port is None:
-            return None
-        port: int | None = getattr(self.listening_port.getHost(), "port", None)
-        return port
-
     def stop_accepting(self) -> Deferred[None]:
         """
         Close the listening socket; connections already open go on.
         """
-        if self.listening_port is None:
-            return succeed(None)
-        port, self.listening_port = self.listening_port, None
-        self.log.info("Gateway stopped accepting connections")
-        d: Deferred[None] = maybeDeferred(port.stopListening)
-        return d
+        if self.listening_port is not None:
+            self.log.info("Gateway stopped accepting connections")
+        return self.stop_listening()
 
     def in_flight(self) -> int:
         """
@@ -375,13 +407,10 @@ class GatewayService(Service):
             self._tls_check.stop()
         self._tls_check = None
         self.agent._pool.closeCachedConnections()  # type: ignore[attr-defined]
-        if self.listening_port is None:
-            return None
-        port, self.listening_port = self.listening_port, None
-        return maybeDeferred(port.stopListening)
+        return self.stop_listening()
 
 
-class ManagementService(Service):
+class ManagementService(_ListeningService):
     """
     The management site (C{/health}, C{/status}, C{/metrics}) on its own
     endpoint.
@@ -390,37 +419,21 @@ class ManagementService(Service):
     log = Logger()
 
     def __init__(self, host: HostService, listen: str) -> None:
+        super().__init__()
         self.host = host
         self.listen = listen
-        self.listening_port: Any = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        endpoint = serverFromString(self.host.reactor, self.listen)
-        results: list[Any] = []
-        site = make_management_site(self.host, self.host.metrics)
-        endpoint.listen(site).addBoth(results.append)
-        if results and isinstance(results[0], Failure):
-            results[0].raiseException()
-        self.listening_port = results[0] if results else None
+        self.listen_now(
+            serverFromString(self.host.reactor, self.listen),
+            make_management_site(self.host, self.host.metrics),
+        )
         self.log.info("Management site listening on {listen}", listen=self.listen)
 
-    @property
-    def port(self) -> int | None:
-        """
-        The TCP port of the management site, once it listens.
-        """
-        if self.listening_port is None:
-            return None
-        port: int | None = getattr(self.listening_port.getHost(), "port", None)
-        return port
-
-    def stopService(self) -> Deferred[None] | None:
+    def stopService(self) -> Deferred[None]:
         super().stopService()
-        if self.listening_port is None:
-            return None
-        port, self.listening_port = self.listening_port, None
-        return maybeDeferred(port.stopListening)
+        return self.stop_listening()
 
 
 @attrs.frozen

@@ -13,7 +13,7 @@ from typing import Any
 from xsoar_lr.api import find_integrations, mask_secrets
 from xsoar_lr.cli import CommandError, load_config_or_fail
 from xsoar_lr.config import Config, route_for
-from xsoar_lr.service import public_host
+from xsoar_lr.service import gateway_url
 
 
 def add_commands(subparsers: Any) -> None:
@@ -73,9 +73,7 @@ def gateway_base(config: Config) -> str:
     """
     The gateway's base URL, as a client on this machine would use it.
     """
-    port = config.gateway.port
-    host = public_host(config.gateway.listen)
-    return f"https://{host}" + ("" if port in (None, 443) else f":{port}")
+    return gateway_url(config.gateway.listen, config.gateway.port)
 
 
 def describe(config: Config) -> dict[str, Any]:
