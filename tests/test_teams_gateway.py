@@ -59,6 +59,24 @@ async def test_teams_is_reached_through_the_gateway_without_a_trailing_slash(
     assert reply["path"] == "conversations/a:personal-chat-1/activities"
     assert reply["body"]["replyToId"] == act["id"]
 
+    # 'status' reads the host's own view of its instances.
+    asked = activity(microsoft, text="status")
+    code, _, _ = await host.get(
+        "/instance/execute/Teams%20Bot",
+        method="POST",
+        data=json.dumps(asked).encode(),
+        headers={
+            "Authorization": f"Bearer {make_token(service_url=asked['serviceUrl'])}",
+            "Content-Type": "application/json",
+        },
+    )
+    assert code == 200
+    await wait_until(
+        lambda: microsoft.sent()[-1]["body"].get("replyToId") == asked["id"],
+        what="the status reply",
+    )
+    assert "Teams Bot" in json.dumps(microsoft.sent()[-1]["body"])
+
     code, _, _ = await host.get(
         "/instance/execute/Teams%20Bot",
         method="POST",

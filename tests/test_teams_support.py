@@ -30,6 +30,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from integrations.teams import PARAMETERS, check, make_bot
 from integrations.teams.resource import TeamsResource
 from xsoar_lr.api import InstanceContext, validate_parameters
+from xsoar_lr.status import read_status
 from xsoar_lr.store import IndicatorStore, store_path
 
 APP_ID = "11111111-2222-3333-4444-555555555555"
@@ -337,6 +338,8 @@ def start_bot(
         reactor=reactor,
         log=Logger(namespace=f"test.{name}"),
         open_store=lambda: store,
+        # The host's status, as the host lays out its state folder.
+        host_status=lambda: read_status(state_dir.parent.parent),
     )
     bot = make_bot(context)
     port = listen(TeamsResource(bot))

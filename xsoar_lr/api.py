@@ -448,6 +448,9 @@ class InstanceContext:
     :ivar report_health: call with a sentence when the instance cannot do its
         work (a remote API refuses its credentials, the disk is full), and
         with C{None} when it can again. By default the report is logged.
+    :ivar host_status: reads the host's instances and their states, as
+        L{xsoar_lr.status.read_status} gives them (blocking: call it in a
+        thread). Outside a host it reads nothing.
     """
 
     name: str
@@ -462,6 +465,7 @@ class InstanceContext:
     report_health: HealthReporter = attrs.field(
         default=attrs.Factory(_default_health, takes_self=True)
     )
+    host_status: Callable[[], list[dict[str, Any]]] = list
     _integration_context: KeyValueState | None = attrs.field(default=None, init=False)
 
     @property

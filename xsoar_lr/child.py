@@ -107,6 +107,7 @@ def run(payload: dict[str, Any]) -> int:
     from twisted.web.server import Site
 
     from xsoar_lr.api import InstanceContext, ParameterError, find_integrations
+    from xsoar_lr.status import read_status
 
     reactor: Any = _reactor
     name = payload["name"]
@@ -147,6 +148,7 @@ def run(payload: dict[str, Any]) -> int:
         log=Logger(namespace=f"xsoar_lr.instance.{name}"),
         open_store=lambda: open_store(store_path),
         report_health=report_health,
+        host_status=lambda: read_status(Path(payload["host_state_dir"])),
     )
     site = Site(integration.make_resource(context))
     site.noisy = False

@@ -119,6 +119,7 @@ def instance_payload(config: Config, instance: InstanceConfig) -> dict[str, Any]
         "params": dict(instance.params),
         "state_dir": str(config.instance_state_dir(instance.name)),
         "store_path": str(config.store_path),
+        "host_state_dir": str(config.state_dir),
         "route": route_for(instance.name) if config.is_routed(instance.name) else None,
         # Room for what the gateway adds to a request it accepted.
         "max_header_bytes": 2 * config.gateway.max_header_bytes + 16384,

@@ -34,7 +34,6 @@ from xsoar_lr.api import InstanceContext, Parameter, ParameterProblem
 __all__ = [
     "PARAMETERS",
     "check",
-    "host_state_dir",
     "make_notifier",
     "make_resource",
 ]
@@ -174,27 +173,6 @@ def check(params: dict[str, Any]) -> list[ParameterProblem]:
     return problems
 
 
-def host_state_dir(context: InstanceContext) -> Path:
-    """
-    The host's state folder, where C{xsoar_lr.status} keeps the instances'
-    status.
-
-    This assumes the host gives each instance the state folder
-    C{<host state dir>/<something>/<instance name>}; it is the one place
-    that assumption is made.
-    """
-    return context.state_dir.parent.parent
-
-
-def read_host_status(state_dir: Path) -> list[dict[str, Any]]:
-    """
-    Read the host's instances and their states (blocking).
-    """
-    from xsoar_lr.status import read_status
-
-    return list(read_status(state_dir))
-
-
 def make_connector(params: dict[str, Any], reactor: Any, http: Any = None) -> Any:
     """
     Build the Bot Connector client of an instance with parameters C{params}.
@@ -249,7 +227,6 @@ def make_bot(context: InstanceContext, http: Any = None) -> Any:
     http = http if http is not None else make_http_client(reactor)
     notifier = make_notifier(params, context.state_dir, reactor, http)
     keys = OpenIDKeys(params["openid_metadata_url"], http, reactor, reactor=reactor)
-    status_dir = host_state_dir(context)
     opening = threading.Lock()
 
     def store() -> Any:
@@ -267,7 +244,7 @@ def make_bot(context: InstanceContext, http: Any = None) -> Any:
             run_blocking=run_blocking,
             block_tag=params["block_tag"],
             is_allowed=bot.is_allowed,
-            read_status=lambda: read_host_status(status_dir),
+            read_status=context.host_status,
         )
 
     return TeamsBot(
