@@ -440,7 +440,9 @@ class InstanceContext:
         database, say).
     :ivar route: the path the gateway publishes the instance at (for example
         C{/instance/execute/edl}, the name percent-encoded), or C{None} when
-        it is not routed.
+        it is not routed, as it was when the instance started: a reload that
+        only changes routing does not restart instances. To build URLs for a
+        request, use L{absolute_url}, which follows the request's headers.
     :ivar reactor: the reactor to use; never import the global one.
     :ivar log: a logger whose events name the instance. Use format strings
         with named fields (C{log.info("Stored {count} events", count=n)}); it
